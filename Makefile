@@ -1,0 +1,38 @@
+# The README's commands. Each target sets up .venv itself on a fresh machine with Python 3.10+.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# A pinned torch: on a CPU-only machine with the local wheel this is the small CPU build; on a GPU
+# machine the same pin resolves to the CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-all bench lint robustness clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/medseg3d demo --out demo_out
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" --timeout 900 -q tests
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest --timeout 1800 -q tests
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) demo_out bench_out .pytest_cache .ruff_cache

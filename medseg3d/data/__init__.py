@@ -1,0 +1,1 @@
+"""Readers and writers, datalists and folds, and synthetic phantoms."""

@@ -1,0 +1,82 @@
+"""File I/O that never leaves a half-written file behind.
+
+Every writer here writes to a temporary file in the destination folder and renames it into place, so a
+crash or a kill mid-write leaves either the old file or no file, never a truncated one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+
+def nifti_stem(path: str | os.PathLike) -> str:
+    """File name without its NIfTI extension.
+
+    >>> nifti_stem("dir/BraTS2021_00000_t1.nii.gz")
+    'BraTS2021_00000_t1'
+    >>> nifti_stem("case.nii")
+    'case'
+    """
+    name = Path(path).name
+    for extension in (".nii.gz", ".nii"):
+        if name.lower().endswith(extension):
+            return name[: -len(extension)]
+    return name
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``, on error delete it.
+
+    The temporary name keeps the destination's extension (``.nii.gz`` included) so that writers which
+    choose the format by extension behave the same as with the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, header: Any = None) -> Path:
+    """Write ``array`` (shape (X, Y, Z) or (X, Y, Z, C)) with ``affine`` to ``path`` atomically.
+
+    The gzip stream nibabel writes carries no time stamp, so the same array gives the same bytes.
+    """
+    image = nib.Nifti1Image(array, affine, header=header)
+    image.header.set_data_dtype(array.dtype)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    with atomic_path(path) as tmp:
+        nib.save(image, tmp)
+    return Path(path)
+
+
+def write_json(data: Any, path: str | os.PathLike) -> Path:
+    """Write ``data`` as indented JSON to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    return Path(path)
+
+
+def write_text(text: str, path: str | os.PathLike) -> Path:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
