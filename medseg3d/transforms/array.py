@@ -1,0 +1,161 @@
+"""Array transforms: each works on one channel-first tensor or array of shape (C, X, Y, Z).
+
+These are the preprocessing steps that dataset preparation and inference must apply identically, so
+they live here once. They build on MONAI's transforms and add what MONAI leaves to the caller: the pad
+widths needed to undo padding from a datalist, and a label remap that refuses unexpected values instead
+of passing them through silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.config import NdarrayOrTensor
+from monai.data import MetaTensor
+from monai.transforms import DivisiblePad, MapLabelValue, NormalizeIntensity, Transform
+
+PadWidth = tuple[tuple[int, int], ...]
+
+
+class NormalizeNonZero(Transform):
+    """Z-score each channel over its non-zero voxels; voxels that are zero stay exactly zero.
+
+    For skull-stripped MRI the non-zero voxels are the brain, so every modality ends with mean 0 and
+    standard deviation 1 inside the brain and 0 outside. A channel whose non-zero voxels are constant
+    is only shifted (MONAI divides by 1 when the standard deviation is 0).
+
+    Example:
+        >>> import numpy as np
+        >>> image = np.zeros((1, 4, 3, 2), dtype=np.float32)
+        >>> image[0, 1:3, 1, :] = [[10, 20], [30, 40]]
+        >>> brain = np.asarray(NormalizeNonZero()(image))[image != 0]
+        >>> round(float(brain.mean()), 6), round(float(brain.std()), 6)
+        (0.0, 1.0)
+    """
+
+    backend = NormalizeIntensity.backend
+
+    def __init__(self, dtype: type = np.float32) -> None:
+        self._normalize = NormalizeIntensity(nonzero=True, channel_wise=True, dtype=dtype)
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        """Normalize ``img`` of shape (C, X, Y, Z)."""
+        return self._normalize(img)
+
+
+class PadToDivisible(Transform):
+    """Pad every spatial axis with zeros up to a multiple of ``k``, symmetrically, and report the widths.
+
+    BraTS volumes are 240x240x155; with ``k=16`` they become 240x240x160, which a network with four
+    stride-2 levels accepts. The widths are needed to undo the padding later (``CropPadding``).
+
+    Args:
+        k: the multiple, one int for all axes or one per spatial axis.
+
+    Example:
+        >>> import numpy as np
+        >>> PadToDivisible(16).pad_width((240, 240, 155))
+        ((0, 0), (0, 0), (2, 3))
+        >>> PadToDivisible(16)(np.ones((4, 240, 240, 155), dtype=np.float32)).shape
+        torch.Size([4, 240, 240, 160])
+    """
+
+    backend = DivisiblePad.backend
+
+    def __init__(self, k: Sequence[int] | int = 16) -> None:
+        values = [k] if isinstance(k, int) else list(k)
+        if not values or any(not isinstance(v, int) or v < 1 for v in values):
+            raise ValueError(f"k must be a positive int or a sequence of positive ints, got {k!r}")
+        self.k = k
+        self._pad = DivisiblePad(k=k, method="symmetric", mode="constant")
+
+    def pad_width(self, spatial_shape: Sequence[int]) -> PadWidth:
+        """(before, after) zero-padding of each spatial axis for a volume of ``spatial_shape``."""
+        widths = self._pad.compute_pad_width(tuple(int(s) for s in spatial_shape))
+        return tuple((int(b), int(a)) for b, a in widths[1:])
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        """Pad ``img`` of shape (C, X, Y, Z); a ``MetaTensor``'s affine moves its origin accordingly."""
+        return self._pad(img)
+
+
+class CropPadding(Transform):
+    """Undo ``PadToDivisible``: remove ``pad_width`` voxels from the ends of every spatial axis.
+
+    Args:
+        pad_width: ((before, after), ...) per spatial axis, as ``PadToDivisible.pad_width`` returned
+            and ``dataset.json`` records.
+
+    Example:
+        >>> import numpy as np
+        >>> CropPadding(((0, 0), (0, 0), (2, 3)))(np.ones((1, 240, 240, 160))).shape
+        (1, 240, 240, 155)
+    """
+
+    backend = [*DivisiblePad.backend]
+
+    def __init__(self, pad_width: Sequence[Sequence[int]]) -> None:
+        widths = tuple((int(b), int(a)) for b, a in pad_width)
+        if any(b < 0 or a < 0 for b, a in widths):
+            raise ValueError(f"pad_width must hold non-negative (before, after) pairs, got {pad_width!r}")
+        self.pad_width = widths
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        """Crop ``img`` of shape (C, X, Y, Z); a ``MetaTensor``'s affine origin moves back."""
+        spatial = img.shape[1:]
+        if len(spatial) != len(self.pad_width):
+            raise ValueError(f"image has {len(spatial)} spatial axes but pad_width has {len(self.pad_width)}")
+        slices = [slice(None)]
+        for size, (before, after) in zip(spatial, self.pad_width):
+            if before + after >= size:
+                raise ValueError(f"cannot crop {before}+{after} voxels from an axis of size {size}")
+            slices.append(slice(before, size - after))
+        out = img[tuple(slices)]
+        if isinstance(img, MetaTensor):
+            affine = img.affine.clone()
+            shift = torch.tensor([b for b, _ in self.pad_width], dtype=affine.dtype)
+            affine[:3, 3] = affine[:3, 3] + affine[:3, :3] @ shift
+            out = MetaTensor(out.as_tensor(), affine=affine, meta=img.meta)
+            out.affine = affine
+        return out
+
+
+class RemapLabels(Transform):
+    """Map label values through ``mapping`` and refuse any value the mapping does not know.
+
+    MONAI's ``MapLabelValue`` passes unknown values through unchanged; a segmentation with a stray
+    label 3 in a 0/1/2/4 dataset would then silently become a wrong class. This raises instead.
+
+    Args:
+        mapping: source value -> target value, background included (e.g. ``{0: 0, 1: 1, 2: 2, 4: 3}``).
+        dtype: dtype of the output.
+
+    Example:
+        >>> import numpy as np
+        >>> RemapLabels({0: 0, 1: 1, 2: 2, 4: 3})(np.array([[0, 1], [2, 4]]))
+        array([[0, 1],
+               [2, 3]], dtype=uint8)
+    """
+
+    backend = MapLabelValue.backend
+
+    def __init__(self, mapping: Mapping[int, int], dtype: type = np.uint8) -> None:
+        if not mapping:
+            raise ValueError("mapping must not be empty")
+        self.mapping = {int(k): int(v) for k, v in mapping.items()}
+        self._map = MapLabelValue(list(self.mapping), list(self.mapping.values()), dtype=dtype)
+
+    def unexpected_values(self, img: NdarrayOrTensor) -> list[float]:
+        """Values present in ``img`` that ``mapping`` does not cover (non-integers included)."""
+        values = torch.unique(torch.as_tensor(img)).tolist() if isinstance(img, torch.Tensor) else np.unique(img)
+        return [float(v) for v in values if float(v) not in self.mapping]
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        """Remap ``img`` of any shape; raise ``ValueError`` naming the unexpected values if any."""
+        unexpected = self.unexpected_values(img)
+        if unexpected:
+            shown = ", ".join(f"{v:g}" for v in unexpected[:10])
+            raise ValueError(f"unexpected label values {shown}; expected only {sorted(self.mapping)}")
+        return self._map(img)
