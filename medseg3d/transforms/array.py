@@ -117,8 +117,9 @@ class CropPadding(Transform):
             affine = img.affine.clone()
             shift = torch.tensor([b for b, _ in self.pad_width], dtype=affine.dtype)
             affine[:3, 3] = affine[:3, 3] + affine[:3, :3] @ shift
-            out = MetaTensor(out.as_tensor(), affine=affine, meta=img.meta)
-            out.affine = affine
+            # A fresh meta dict: the input's must not see the new affine.
+            meta = {k: v for k, v in img.meta.items() if k != "affine"}
+            out = MetaTensor(out.as_tensor(), affine=affine, meta=meta)
         return out
 
 
