@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks; each compares against a baseline measured in the same run."""
