@@ -48,7 +48,7 @@ _WM_LEVEL: dict[str, tuple[float, float]] = {
 }
 # Largest relative deformation of the brain surface and of each tumour boundary; placement relies on them.
 _BRAIN_AMP = (0.06, 0.025)
-_ED_AMP, _TC_AMP, _NCR_AMP = 0.3, 0.15, 0.15
+_ED_AMP, _TC_AMP, _NCR_AMP = 0.3, 0.2, 0.25
 _MIN_NCR, _MIN_RIM, _MIN_ED = 1.5, 1.3, 1.3  # voxels, so that tiny shapes keep every sub-region
 
 
@@ -122,17 +122,22 @@ def make_brats_phantom(
     reach = semi * (1 + sum(_BRAIN_AMP))
     lo = np.clip(np.floor(centre - reach).astype(int) - 1, 0, None)
     hi = np.minimum(np.ceil(centre + reach).astype(int) + 2, shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    box_shape = tuple(int(b - a) for a, b in zip(lo, hi))
-    axes = [np.arange(a, b, dtype=np.float32) for a, b in zip(lo, hi)]
-    ux, uy, uz = (_along(((ax - c) / s).astype(np.float32), i) for i, (ax, c, s) in enumerate(zip(axes, centre, semi)))
-    surface = 1 + _BRAIN_AMP[0] * _field(rng, (5, 5, 4), box_shape) + _BRAIN_AMP[1] * _field(rng, (11, 11, 8), box_shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    box_shape = tuple(int(b - a) for a, b in zip(lo, hi, strict=True))
+    axes = [np.arange(a, b, dtype=np.float32) for a, b in zip(lo, hi, strict=True)]
+    ux, uy, uz = (
+        _along(((ax - c) / s).astype(np.float32), i)
+        for i, (ax, c, s) in enumerate(zip(axes, centre, semi, strict=True))
+    )
+    surface = (
+        1 + _BRAIN_AMP[0] * _field(rng, (5, 5, 4), box_shape) + _BRAIN_AMP[1] * _field(rng, (11, 11, 8), box_shape)
+    )
     depth = np.sqrt(ux * ux + uy * uy + uz * uz) / surface  # 0 at the centre, 1 on the brain surface
     brain = depth < 1
     voxel = np.float32(1 / semi.min())  # one voxel in normalised units: the width of partial-volume ramps
 
     # Tissues as soft fractions (partial volume): GM shell of varying thickness, ventricles, sulci, fissure.
-    thickness = 0.14 * (1 + 0.45 * _field(rng, (14, 14, 10), box_shape))
+    thickness = 0.14 * (1 + 0.6 * _field(rng, (22, 22, 16), box_shape))  # gyri: folds every ~7 mm
     gm = _ramp(depth - (1 - thickness), 1.5 * voxel)
     for side in (-1, 1):  # deep grey matter (thalami) beside the ventricles
         gm = np.maximum(gm, _blob(ux, uy, uz, (side * 0.2, 0.05, -0.08), (0.11, 0.14, 0.1), semi, 0.0, voxel))
@@ -142,8 +147,8 @@ def make_brats_phantom(
     for side in (-1, 1):
         radii = (0.085 * ventricle_size, 0.34, 0.13 * ventricle_size)
         csf = np.maximum(csf, _blob(ux, uy, uz, (side * 0.12, 0.02, 0.12), radii, semi, ventricle_deform, voxel))
-    sulci = _ramp(_field(rng, (16, 16, 12), box_shape) - 0.45, 0.25) * _ramp(depth - (1 - 0.7 * thickness), voxel)
-    fissure = _ramp(1 - np.abs(ux) / voxel, 0.5) * _ramp(depth - 0.55, voxel) * (uz > -0.2)
+    sulci = _ramp(_field(rng, (22, 22, 16), box_shape) - 0.35, 0.25) * _ramp(depth - (1 - 0.7 * thickness), voxel)
+    fissure = _ramp(0.6 - np.abs(ux) / voxel, 0.6) * _ramp(depth - 0.6, voxel) * (uz > 0)  # between hemispheres
     csf = np.maximum(np.maximum(csf, sulci), fissure)
     gm *= 1 - csf
     wm = np.clip(1 - csf - gm, 0, 1)
@@ -154,7 +159,7 @@ def make_brats_phantom(
 
     # Intensities: healthy mix with a faint texture; tumour fractions blurred slightly so edges are not hard.
     texture = 1 + 0.03 * _field(rng, tuple(max(2, n // 6) for n in box_shape), box_shape)
-    blurred = {k: ndimage.gaussian_filter((seg_box == k).astype(np.float32), 0.6) for k in (1, 2, 3)}
+    blurred = {k: ndimage.gaussian_filter((seg_box == k).astype(np.float32), 0.45) for k in (1, 2, 3)}
     healthy = 1 - sum(blurred.values())
     t_texture = 1 + 0.1 * _field(rng, tuple(max(2, n // 4) for n in seg_box.shape), seg_box.shape)
     images: dict[str, np.ndarray] = {}
@@ -162,7 +167,7 @@ def make_brats_phantom(
         level = rng.uniform(*_WM_LEVEL[modality])
         mean = {k: np.float32(level * v[index]) for k, v in _CONTRAST.items()}
         signal = (csf * mean["CSF"] + gm * mean["GM"] + wm * mean["WM"]) * texture
-        tumour = sum(blurred[k] * mean[n] for k, n in zip((1, 2, 3), label_names))
+        tumour = sum(blurred[k] * mean[n] for k, n in zip((1, 2, 3), label_names, strict=True))
         signal[t_box] = signal[t_box] * healthy + tumour * t_texture
         signal *= np.exp(rng.uniform(0.08, 0.2) * _field(rng, (3, 3, 3), box_shape))  # coil bias field
         sigma = np.float32(rng.uniform(0.02, 0.04) * level)
@@ -198,36 +203,41 @@ def _tumour(
     """
     small = semi.min()
     # Real HGG: whole tumour ~100 cm3, core ~40 cm3, necrosis ~15 cm3; LGG cores are relatively smaller.
-    r_ed = small * rng.uniform(0.33, 0.45)
+    r_ed = small * rng.uniform(0.38, 0.52)
     r_tc = r_ed * (rng.uniform(0.55, 0.72) if grade == "HGG" else rng.uniform(0.45, 0.65))
-    # Sizes in voxels (in the tumour frame) so that the rim between core and edema never closes.
+    # Lower bounds in voxels (tumour frame): a necrotic core and a closed enhancing rim at any shape.
     r_tc = max(r_tc, (_MIN_NCR * (1 + _NCR_AMP) + _MIN_RIM) / (1 - _TC_AMP))
     rim = max(_MIN_RIM, 0.15 * r_tc)
     r_ncr = max(_MIN_NCR, min(rng.uniform(0.5, 0.75) * r_tc, (r_tc * (1 - _TC_AMP) - rim) / (1 + _NCR_AMP)))
     r_ed = max(r_ed, 1.5 * r_tc)
     scale = rng.uniform(0.85, 1.15, 3)
     extent = max(r_ed * (1 + _ED_AMP), r_tc * (1 + _TC_AMP) + _MIN_ED) * scale.max() + 1
+    core_extent = (r_tc * (1 + _TC_AMP) + _MIN_ED) * scale.max() + 1
 
-    # Centre: anywhere the whole tumour stays inside the smallest brain the surface deformation allows.
-    room = 1 - sum(_BRAIN_AMP) - extent / small - 0.03
+    # Centre: anywhere the core and its edema band stay inside the smallest brain the surface deformation
+    # allows; the rest of the edema may reach the surface and is cut there, as edema stops at the cortex.
+    room = 1 - sum(_BRAIN_AMP) - core_extent / small - 0.03
     direction = rng.standard_normal(3)
     direction /= np.linalg.norm(direction)
     offset = direction * max(room, 0.0) * rng.uniform(0.3, 1.0)
     where = centre + offset * semi - lo  # tumour centre in brain-box voxels
     t_lo = np.clip(np.floor(where - extent).astype(int), 0, None)
     t_hi = np.minimum(np.ceil(where + extent).astype(int) + 1, box_shape)
-    t_box = tuple(slice(a, b) for a, b in zip(t_lo, t_hi))
-    t_shape = tuple(int(b - a) for a, b in zip(t_lo, t_hi))
+    t_box = tuple(slice(a, b) for a, b in zip(t_lo, t_hi, strict=True))
+    t_shape = tuple(int(b - a) for a, b in zip(t_lo, t_hi, strict=True))
 
     # Tumour frame: random rotation and per-axis stretch, built from 1-D offsets by broadcasting.
     rotation, _ = np.linalg.qr(rng.standard_normal((3, 3)))
-    offsets = [_along(np.arange(a, b, dtype=np.float32) - np.float32(w), i) for i, (a, b, w) in enumerate(zip(t_lo, t_hi, where))]
+    offsets = [
+        _along(np.arange(a, b, dtype=np.float32) - np.float32(w), i)
+        for i, (a, b, w) in enumerate(zip(t_lo, t_hi, where, strict=True))
+    ]
     frame = [sum(np.float32(rotation[i, k] / scale[k]) * offsets[i] for i in range(3)) for k in range(3)]
     radius = np.sqrt(frame[0] ** 2 + frame[1] ** 2 + frame[2] ** 2)
 
     d_ed = _ED_AMP * (0.65 * _field(rng, (4, 4, 4), t_shape) + 0.35 * _field(rng, (9, 9, 9), t_shape))
-    tc = radius < r_tc * (1 + _TC_AMP * _field(rng, (5, 5, 5), t_shape))
-    core = radius < r_ncr * (1 + _NCR_AMP * _field(rng, (5, 5, 5), t_shape))
+    tc = radius < r_tc * (1 + _TC_AMP * _field(rng, (6, 6, 6), t_shape))
+    core = radius < r_ncr * (1 + _NCR_AMP * _field(rng, (6, 6, 6), t_shape))
     # Edema follows white matter tracts and always wraps the core by at least a voxel.
     ed = (radius < r_ed * (1 + d_ed) * (0.75 + 0.25 * wm[t_box])) | (radius < r_tc * (1 + _TC_AMP) + _MIN_ED)
     if grade == "HGG":
@@ -246,8 +256,23 @@ def _tumour(
     return seg, t_box, names
 
 
-def _blob(ux, uy, uz, at, radii, semi, deform, voxel) -> np.ndarray:
-    """Soft fraction (float32, box shape) of a deformed ellipsoid at ``at`` with ``radii`` (normalised units)."""
+def _blob(
+    ux: np.ndarray,
+    uy: np.ndarray,
+    uz: np.ndarray,
+    at: Sequence[float],
+    radii: Sequence[float],
+    semi: np.ndarray,
+    deform: np.ndarray | float,
+    voxel: float,
+) -> np.ndarray:
+    """Soft fraction (float32, box shape) of a deformed ellipsoid.
+
+    Args:
+        ux, uy, uz: normalised brain coordinates, shapes (x, 1, 1), (1, y, 1) and (1, 1, z).
+        at, radii: centre and semi-axes in normalised units; semi: brain semi-axes in voxels (3,).
+        deform: relative radius change, scalar or (x, y, z); voxel: one voxel in normalised units.
+    """
     radii = np.maximum(np.asarray(radii), 1.5 / semi)  # at least 1.5 voxels, so tiny shapes keep it
     r = np.sqrt(((ux - at[0]) / radii[0]) ** 2 + ((uy - at[1]) / radii[1]) ** 2 + ((uz - at[2]) / radii[2]) ** 2)
     return _ramp(1 + deform - r, voxel / radii.min())
@@ -278,9 +303,9 @@ def _field(rng: np.random.Generator, coarse: Sequence[int], shape: Sequence[int]
 
     The upsampling is separable (three small matrix products), far cheaper than a 3-D zoom of the volume.
     """
-    coarse = tuple(max(2, min(int(c), int(n))) for c, n in zip(coarse, shape))
+    coarse = tuple(max(2, min(int(c), int(n))) for c, n in zip(coarse, shape, strict=True))
     grid = rng.uniform(-1, 1, coarse).astype(np.float32)
-    wx, wy, wz = (_upsampler(c, int(n)) for c, n in zip(coarse, shape))
+    wx, wy, wz = (_upsampler(c, int(n)) for c, n in zip(coarse, shape, strict=True))
     field = grid @ wz.T  # (cx, cy, Z)
     field = np.matmul(wy, field)  # (cx, Y, Z)
     field = (wx @ field.reshape(coarse[0], -1)).reshape(tuple(int(n) for n in shape))
@@ -314,20 +339,36 @@ class _Layout:
 
 _LAYOUTS: dict[str, _Layout] = {
     "2019": _Layout(
-        "MICCAI_BraTS_2019_Data_Training", "MICCAI_BraTS_2019_Data_Validation",
-        "BraTS19_SYN_{:04d}_1", "BraTS19_SYN_V{:03d}_1", 1, False,
+        "MICCAI_BraTS_2019_Data_Training",
+        "MICCAI_BraTS_2019_Data_Validation",
+        "BraTS19_SYN_{:04d}_1",
+        "BraTS19_SYN_V{:03d}_1",
+        1,
+        False,
     ),
     "2020": _Layout(
-        "MICCAI_BraTS2020_TrainingData", "MICCAI_BraTS2020_ValidationData",
-        "BraTS20_Training_{:03d}", "BraTS20_Validation_{:03d}", 1, False,
+        "MICCAI_BraTS2020_TrainingData",
+        "MICCAI_BraTS2020_ValidationData",
+        "BraTS20_Training_{:03d}",
+        "BraTS20_Validation_{:03d}",
+        1,
+        False,
     ),
     "2021": _Layout(
-        "RSNA_ASNR_MICCAI_BraTS2021_TrainingData_16July2021", "RSNA_ASNR_MICCAI_BraTS2021_ValidationData",
-        "BraTS2021_{:05d}", "BraTS2021_{:05d}", 0, True,
+        "RSNA_ASNR_MICCAI_BraTS2021_TrainingData_16July2021",
+        "RSNA_ASNR_MICCAI_BraTS2021_ValidationData",
+        "BraTS2021_{:05d}",
+        "BraTS2021_{:05d}",
+        0,
+        True,
     ),
     "2023": _Layout(
-        "ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData", "ASNR-MICCAI-BraTS2023-GLI-Challenge-ValidationData",
-        "BraTS-GLI-{:05d}-000", "BraTS-GLI-{:05d}-000", 0, True,
+        "ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData",
+        "ASNR-MICCAI-BraTS2023-GLI-Challenge-ValidationData",
+        "BraTS-GLI-{:05d}-000",
+        "BraTS-GLI-{:05d}-000",
+        0,
+        True,
     ),
 }
 
@@ -372,12 +413,15 @@ def write_brats_tree(
     labels = tuple(spec.label_values[name] for name in ("NCR", "ED", "ET"))
     folders: list[Path] = []
     rows: list[str] = []
-    splits = ((0, cases, layout.train_dir, layout.train_fmt, 0), (1, validation_cases, layout.val_dir, layout.val_fmt,
-              cases if layout.val_after_train else 0))
-    for split, count, top, fmt, shift in splits:
+    val_first = layout.first + (cases if layout.val_after_train else 0)
+    splits = (
+        (layout.train_dir, layout.train_fmt, layout.first, cases),
+        (layout.val_dir, layout.val_fmt, val_first, validation_cases),
+    )
+    for split, (top, fmt, first, count) in enumerate(splits):  # split 0: training, 1: validation
         grades = _grades(count, seed, split) if spec.has_grade else ["HGG"] * count
         for index, grade in enumerate(grades):
-            case_id = fmt.format(layout.first + shift + index)
+            case_id = fmt.format(first + index)
             folder = out / top / grade / case_id if edition == "2019" and split == 0 else out / top / case_id
             images, seg, affine = make_brats_case(shape, (seed, split, index), grade, labels)
             for key in MODALITIES:
