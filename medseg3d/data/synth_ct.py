@@ -9,7 +9,7 @@ Coordinates are DICOM/ITK LPS millimetres with the volume centred on the origin:
 top of the chest is the high-z end. The anatomy is a reference patient (drawn for a 435 mm field of view and a
 400 mm scan length) scaled to the actual field of view and scan length, so small test shapes keep every organ,
 only coarser. Every structure is drawn slice by slice from analytic 2D shapes on its bounding box (no per-voxel
-Python loops, no distance transforms), which keeps a 512 x 512 x ~160 case at a few seconds on one core.
+Python loops, no distance transforms), which keeps a 512 x 512 x ~160 case at about a second on one core.
 
 Determinism: the same seed gives the same arrays, byte-identical NIfTI files and byte-identical DICOM files. GDCM
 fills study date/time with the current time when they are missing, so every date/time tag is set to a fixed value
@@ -121,25 +121,29 @@ def _anatomy(rng: np.random.Generator, shape, spacing) -> dict:
     canal_r, canal_y = u(7, 9) * kr, vy + vry + u(8, 10) * ky
     p["spine"] = (vx, vy, vrx, vry, canal_y, canal_r)
     p["discs"] = (u(23, 27) * kz, u(0, 25) * kz, u(5, 8) * kz)  # period, phase, thickness
-    # Lungs in the superior part (apex at or above the top), the right base higher because of the liver.
-    z_diaphragm = z_top - u(0.40, 0.48) * length
+    # Lungs in the superior part (apex at or above the top), their bases domed up by the diaphragm, the right
+    # base higher because of the liver.
+    z_base = z_top - u(0.45, 0.55) * length
     apex = z_top + u(0.0, 0.08) * length
     lungs = []
     for side in (-1.0, 1.0):  # -1 = right (LPS -x)
-        z_base = z_diaphragm + (u(10, 20) * kz if side < 0 else 0.0)
-        lungs.append((side * a * u(0.42, 0.5), b * u(-0.05, 0.1), a * u(0.28, 0.33), b * u(0.55, 0.65), z_base, apex))
+        base = z_base + (u(10, 20) * kz if side < 0 else 0.0)
+        ellipse = (side * a * u(0.42, 0.5), b * u(-0.05, 0.1), a * u(0.28, 0.33), b * u(0.55, 0.65))
+        lungs.append((*ellipse, base, apex, u(40, 60) * kz))
     p["lungs"] = lungs
     liver_hz = u(70, 90) * kz
-    liver_top = lungs[0][4] + u(5, 15) * kz  # its dome pushes up into the right lung base
-    p["liver"] = (-a * u(0.35, 0.45), -b * u(0.0, 0.15), a * u(0.35, 0.42), b * u(0.5, 0.6), liver_top - liver_hz, liver_hz)
+    liver_top = lungs[0][4] + lungs[0][6] * u(0.8, 1.0)  # fills the right diaphragm dome
+    liver_ellipse = (-a * u(0.35, 0.45), -b * u(0.0, 0.15), a * u(0.35, 0.42), b * u(0.5, 0.6))
+    p["liver"] = (*liver_ellipse, liver_top - liver_hz, liver_hz)
     # Aorta: descending anterior-left of the vertebral body (clear of it), ascending anterior and slightly right.
-    r_asc, r_desc, r_abd = u(12, 16) * kr, u(11, 13) * kr, u(9, 11) * kr
+    r_min = 1.5 * max(spacing[:2])  # keeps a (thin) lumen on tiny test grids where the scaled one would vanish
+    r_asc, r_desc, r_abd = (max(u(lo, hi) * kr, r_min) for lo, hi in ((12, 16), (11, 13), (9, 11)))
     phi = math.radians(u(35, 60))  # from anterior towards the patient's left
     dx, dy = math.sin(phi), -math.cos(phi)
     to_edge = 1 / math.hypot(dx / vrx, dy / vry)  # centre to vertebral body surface along (dx, dy)
     clear = to_edge + r_desc + u(2, 5) * kr
     desc = (vx + dx * clear, vy + dy * clear)
-    asc = (-u(5, 20) * kx, -u(30, 45) * ky)
+    asc = (-u(5, 20) * kx, -u(40, 55) * ky)
     big_r = math.hypot(desc[0] - asc[0], desc[1] - asc[1]) / 2  # arch radius: half the asc-desc distance
     rz = min(big_r, 0.2 * length)  # a flatter arch only where the scan is too short for a round one
     z_c = z_top - u(0.03, 0.06) * length - (big_r + (r_asc + r_desc) / 2) * rz / big_r
@@ -207,11 +211,14 @@ def _tissue_slices(shape, spacing, p: dict) -> Iterator[tuple[int, np.ndarray]]:
         fat = p["fat"] * (1.3 - 0.5 * up)
         _ellipse(t, xs, ys, bcx, bcy, a * grow, b * grow, FAT)
         _ellipse(t, xs, ys, bcx, bcy, a * grow - fat, b * grow - fat, SOFT)
-        for lx, ly, lax, lay, z_base, apex in p["lungs"]:
-            q = (2 * z - apex - z_base) / (apex - z_base)  # -1 at the base, +1 at the apex
-            if abs(q) < 1:
-                shrink = (1 - q * q) ** 0.25  # fuller than an ellipsoid: lungs are wide for most of their height
+        for lx, ly, lax, lay, base, apex, dome in p["lungs"]:
+            if base < z < apex:
+                mid = (base + apex) / 2  # full width below, narrowing to the apex above
+                shrink = math.sqrt(1 - ((z - mid) / (apex - mid)) ** 2) if z > mid else 1.0
                 _ellipse(t, xs, ys, lx, ly, lax * shrink, lay * shrink, LUNG)
+                if z < base + dome:  # the diaphragm dome: lung only around it, deepest at the rim
+                    inner = math.sqrt(1 - (z - base) / dome)
+                    _ellipse(t, xs, ys, lx, ly, lax * inner, lay * inner, SOFT)
         lcx, lcy, lax, lay, lcz, lhz = p["liver"]
         if abs(z - lcz) < lhz:
             shrink = math.sqrt(1 - ((z - lcz) / lhz) ** 2)
@@ -301,7 +308,7 @@ def _uid(seed: int, index: int, *parts: int) -> str:
 
 def _write_dicom_series(image: sitk.Image, folder: Path, case_id: str, seed: int, index: int) -> Path:
     """Write one .dcm per slice into a hidden sibling folder, then move the whole folder onto ``folder``."""
-    sx, sy, sz = image.GetSpacing()
+    sz = image.GetSpacing()[2]
     depth = image.GetDepth()
     _uid(seed, index, 4, depth)  # the longest UID written: fail before writing anything
     series_tags = [
@@ -314,11 +321,12 @@ def _write_dicom_series(image: sitk.Image, folder: Path, case_id: str, seed: int
         ("0028|1052", "0"), ("0028|1053", "1"), ("0028|1054", "HU"),  # int16 pixels are HU as stored
     ]  # fmt: skip
     # Study, series, acquisition, content and instance creation date/time: GDCM stamps "now" where they are missing.
-    series_tags += [(f"0008|00{g}{d}", FIXED_DATE if d == "2" else FIXED_TIME) for g in "23" for d in "0123"]
+    series_tags += [(f"0008|002{d}", FIXED_DATE) for d in "0123"] + [(f"0008|003{d}", FIXED_TIME) for d in "0123"]
     series_tags += [("0008|0012", FIXED_DATE), ("0008|0013", FIXED_TIME)]
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
+        tmp.chmod(0o755)  # mkdtemp's 0o700 would otherwise stay on the final folder
         writer = sitk.ImageFileWriter()
         writer.KeepOriginalImageUIDOn()  # otherwise GDCM makes fresh (time-based) UIDs
         for k in range(depth):
