@@ -22,10 +22,10 @@ demo: $(STAMP)
 	$(BIN)/medseg3d demo --out demo_out
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" --timeout 900 -q tests
+	$(BIN)/python -m pytest -m "not slow" --timeout 900 -q --doctest-modules medseg3d data_prep tests
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest --timeout 1800 -q tests
+	$(BIN)/python -m pytest --timeout 1800 -q --doctest-modules medseg3d data_prep tests
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

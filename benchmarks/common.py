@@ -68,9 +68,7 @@ def emit(benchmark: str, case: str, ours_s: float, baseline: str, baseline_s: fl
 
 def run_python(code: str, *args: str) -> dict:
     """Run ``code`` in a fresh interpreter (so its peak memory is its own); it must print one JSON object."""
-    result = subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=False, cwd=REPO
-    )
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False, cwd=REPO)
     if result.returncode != 0:
         raise RuntimeError(f"benchmark subprocess failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])

@@ -271,13 +271,13 @@ def _run_cases(todo: list[RawCase], out_dir: Path, edition: BratsEdition, option
                 bar.update()
 
 
-def build_dataset(
-    edition: BratsEdition, states: Sequence[dict], options: PrepOptions, raw_dir: Path
-) -> dict[str, Any]:
+def build_dataset(edition: BratsEdition, states: Sequence[dict], options: PrepOptions, raw_dir: Path) -> dict[str, Any]:
     """The ``dataset.json`` content for the converted cases (``states`` of status ok or skipped)."""
     train = sorted((s["entry"] for s in states if "label" in s["entry"]), key=lambda e: e["case_id"])
     test = sorted((s["entry"] for s in states if "label" not in s["entry"]), key=lambda e: e["case_id"])
-    folds = assign_folds([e["case_id"] for e in train], options.folds, options.seed, {e["case_id"]: e["grade"] for e in train})
+    folds = assign_folds(
+        [e["case_id"] for e in train], options.folds, options.seed, {e["case_id"]: e["grade"] for e in train}
+    )
     for entry in train:
         entry["fold"] = folds[entry["case_id"]]
     channels = {str(i): m for i, m in enumerate(MODALITIES)}
@@ -313,7 +313,9 @@ def _report_csv(rows: Sequence[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def prep_brats(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, options: PrepOptions | None = None) -> PrepResult:
+def prep_brats(
+    raw_dir: str | os.PathLike, out_dir: str | os.PathLike, options: PrepOptions | None = None
+) -> PrepResult:
     """Convert the raw BraTS tree ``raw_dir`` into a prepared dataset in ``out_dir``.
 
     Bad cases are reported (``PrepResult.rejected``) and skipped; the others are converted.

@@ -19,7 +19,10 @@ def _classes(module, base) -> dict[str, type]:
     return {
         name: obj
         for name, obj in vars(module).items()
-        if inspect.isclass(obj) and issubclass(obj, base) and obj.__module__ == module.__name__ and not name.startswith("_")
+        if inspect.isclass(obj)
+        and issubclass(obj, base)
+        and obj.__module__ == module.__name__
+        and not name.startswith("_")
     }
 
 

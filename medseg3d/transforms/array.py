@@ -108,7 +108,7 @@ class CropPadding(Transform):
         if len(spatial) != len(self.pad_width):
             raise ValueError(f"image has {len(spatial)} spatial axes but pad_width has {len(self.pad_width)}")
         slices = [slice(None)]
-        for size, (before, after) in zip(spatial, self.pad_width):
+        for size, (before, after) in zip(spatial, self.pad_width, strict=True):
             if before + after >= size:
                 raise ValueError(f"cannot crop {before}+{after} voxels from an axis of size {size}")
             slices.append(slice(before, size - after))

@@ -40,8 +40,7 @@ def _rows(out: Path) -> dict[str, dict[str, str]]:
 
 def _digest(folder: Path) -> dict[str, str]:
     return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*.nii.gz"))
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*.nii.gz"))
     }
 
 
@@ -288,7 +287,12 @@ def test_real_brats2023_case_and_raw_tcga_case(tmp_path: Path, real_data: Path) 
     assert main([str(raw), str(out), "--folds", "1"]) == 1
     rows = _rows(out)
     gli = rows["BraTS-GLI-00001-000"]
-    assert (gli["status"], gli["split"], gli["shape"], gli["padded_shape"]) == ("ok", "test", "240x240x155", "240x240x160")
+    assert (gli["status"], gli["split"], gli["shape"], gli["padded_shape"]) == (
+        "ok",
+        "test",
+        "240x240x155",
+        "240x240x160",
+    )
     tcga = rows["TCGA-FG-6692"]
     assert tcga["status"] == "rejected"
     assert "not co-registered" in tcga["reason"] and "TCGA-FG-6692" in tcga["reason"]

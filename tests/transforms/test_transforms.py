@@ -52,7 +52,7 @@ def test_pad_width_and_inverse(shape, k, expected) -> None:
     affine = torch.tensor([[0, -1.2, 0, 5], [0.9, 0, 0, -3], [0, 0, 2.5, 7], [0, 0, 0, 1]], dtype=torch.float64)
     image = MetaTensor(torch.arange(np.prod(shape), dtype=torch.float32).reshape(1, *shape), affine=affine)
     padded = pad(image)
-    assert all(s % kk == 0 for s, kk in zip(padded.shape[1:], [k] * 3 if isinstance(k, int) else k))
+    assert all(s % kk == 0 for s, kk in zip(padded.shape[1:], [k] * 3 if isinstance(k, int) else k, strict=True))
     restored = CropPadding(expected)(padded)
     assert torch.equal(restored.as_tensor(), image.as_tensor())
     torch.testing.assert_close(restored.affine, affine)
