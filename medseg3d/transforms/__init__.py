@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from medseg3d.transforms.array import CropPadding, NormalizeNonZero, PadToDivisible, RemapLabels
-from medseg3d.transforms.dictionary import CropPaddingd, NormalizeNonZerod, PadToDivisibled, RemapLabelsd
+from medseg3d.transforms.array import CropPadding, LabelsToRegions, NormalizeNonZero, PadToDivisible, RemapLabels
+from medseg3d.transforms.dictionary import (
+    CropPaddingd,
+    LabelsToRegionsd,
+    NormalizeNonZerod,
+    PadToDivisibled,
+    RemapLabelsd,
+)
 
 __all__ = [
     "CropPadding",
     "CropPaddingd",
+    "LabelsToRegions",
+    "LabelsToRegionsd",
     "NormalizeNonZero",
     "NormalizeNonZerod",
     "PadToDivisible",

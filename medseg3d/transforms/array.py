@@ -15,6 +15,7 @@ import torch
 from monai.config import NdarrayOrTensor
 from monai.data import MetaTensor
 from monai.transforms import DivisiblePad, MapLabelValue, NormalizeIntensity, Transform
+from monai.utils import TransformBackends
 
 PadWidth = tuple[tuple[int, int], ...]
 
@@ -160,3 +161,40 @@ class RemapLabels(Transform):
             shown = ", ".join(f"{v:g}" for v in unexpected[:10])
             raise ValueError(f"unexpected label values {shown}; expected only {sorted(self.mapping)}")
         return self._map(img)
+
+
+class LabelsToRegions(Transform):
+    """Turn a label map of consecutive labels into one binary channel per region (nested BraTS regions).
+
+    BraTS scores whole tumour (WT), tumour core (TC) and enhancing tumour (ET), which overlap; a network
+    trained on them uses one sigmoid per region. With the prepared labels (1 NCR, 2 ED, 3 ET) the
+    default regions are WT = {1, 2, 3}, TC = {1, 3}, ET = {3}.
+
+    Args:
+        regions: region name -> label values it holds, in output channel order.
+
+    Example:
+        >>> import numpy as np
+        >>> LabelsToRegions()(np.array([[[[0, 1, 2, 3]]]])).squeeze().tolist()
+        [[0.0, 1.0, 1.0, 1.0], [0.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 1.0]]
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, regions: Mapping[str, Sequence[int]] | None = None) -> None:
+        from medseg3d.constants import REGIONS
+
+        regions = REGIONS if regions is None else regions
+        if not regions or any(len(values) == 0 for values in regions.values()):
+            raise ValueError(f"regions must map each name to at least one label value, got {regions!r}")
+        self.regions = {name: tuple(int(v) for v in values) for name, values in regions.items()}
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        """Convert ``img`` of shape (1, X, Y, Z) into float regions of shape (R, X, Y, Z)."""
+        if img.shape[0] != 1:
+            raise ValueError(f"expected a single-channel label map of shape (1, ...), got shape {tuple(img.shape)}")
+        if isinstance(img, torch.Tensor):
+            channels = [torch.isin(img[0], torch.tensor(v, device=img.device)) for v in self.regions.values()]
+            out = torch.stack(channels).to(torch.float32)
+            return MetaTensor(out, meta=img.meta) if isinstance(img, MetaTensor) else out
+        return np.stack([np.isin(img[0], v) for v in self.regions.values()]).astype(np.float32)

@@ -8,7 +8,7 @@ import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from medseg3d.transforms.array import CropPadding, NormalizeNonZero, PadToDivisible, RemapLabels
+from medseg3d.transforms.array import CropPadding, LabelsToRegions, NormalizeNonZero, PadToDivisible, RemapLabels
 
 
 class _KeyedWrapper(MapTransform):
@@ -69,3 +69,18 @@ class RemapLabelsd(_KeyedWrapper):
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.transform = RemapLabels(mapping, dtype=dtype)
+
+
+class LabelsToRegionsd(_KeyedWrapper):
+    """Dictionary form of ``LabelsToRegions``."""
+
+    backend = LabelsToRegions.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        regions: Mapping[str, Sequence[int]] | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.transform = LabelsToRegions(regions)

@@ -11,6 +11,8 @@ from monai.transforms import Compose
 from medseg3d.transforms import (
     CropPadding,
     CropPaddingd,
+    LabelsToRegions,
+    LabelsToRegionsd,
     NormalizeNonZero,
     NormalizeNonZerod,
     PadToDivisible,
@@ -120,3 +122,26 @@ def test_dictionary_forms_match_array_forms() -> None:
     np.testing.assert_allclose(np.asarray(out["image"]), np.asarray(NormalizeNonZero()(image.copy())), atol=1e-6)
     assert np.array_equal(np.asarray(out["label"]) == 3, seg == 4)
     assert "missing" not in NormalizeNonZerod(keys=["image", "missing"], allow_missing_keys=True)({"image": image})
+
+
+@pytest.mark.parametrize("as_tensor", [pytest.param(False, id="numpy"), pytest.param(True, id="torch")])
+def test_labels_to_regions_nested_brats_regions(as_tensor: bool) -> None:
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 4, size=(1, 6, 5, 4))
+    img = torch.as_tensor(labels) if as_tensor else labels
+    out = np.asarray(LabelsToRegions()(img))
+    assert out.shape == (3, 6, 5, 4) and out.dtype == np.float32
+    np.testing.assert_array_equal(out[0], labels[0] > 0)
+    np.testing.assert_array_equal(out[1], np.isin(labels[0], [1, 3]))
+    np.testing.assert_array_equal(out[2], labels[0] == 3)
+    # Nesting: ET inside TC inside WT.
+    assert np.all(out[2] <= out[1]) and np.all(out[1] <= out[0])
+    d = LabelsToRegionsd(keys="label", regions={"tumour": [1, 2, 3]})({"label": img})
+    np.testing.assert_array_equal(np.asarray(d["label"])[0], labels[0] > 0)
+
+
+def test_labels_to_regions_errors() -> None:
+    with pytest.raises(ValueError, match="single-channel"):
+        LabelsToRegions()(np.zeros((2, 3, 3, 3)))
+    with pytest.raises(ValueError, match="at least one label value"):
+        LabelsToRegions({"WT": []})
