@@ -1,0 +1,82 @@
+"""Checkpoints that survive a crash mid-save and load without running code.
+
+A checkpoint is a dict of state dicts and plain values (tensors, numbers, strings, lists, dicts), so
+``torch.load(..., weights_only=True)`` reads it: a file that would need to execute code to load is
+refused. It is written to a temporary file in the same folder and renamed, so a kill mid-save leaves
+the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medseg3d.data.io import atomic_path
+from medseg3d.errors import InputError
+
+
+def rng_state() -> dict[str, Any]:
+    """The state of Python's, NumPy's and torch's global generators, in types ``weights_only`` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return {
+        "python": {"version": version, "internal": list(internal), "gauss": gauss},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` returned."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
+    npy = state["numpy"]
+    keys = npy["keys"].numpy().astype(np.uint32)
+    np.random.set_state((npy["kind"], keys, npy["pos"], npy["has_gauss"], npy["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``checkpoint`` to ``path`` atomically: the old file stays whole until the new one is complete."""
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+    return Path(path)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``.
+
+    Raises:
+        InputError: the file is missing, damaged, or holds objects that could run code when loaded.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "checkpoint not found")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise InputError(
+            path,
+            "refused: the checkpoint holds objects that would run code when loaded (only tensors, numbers, "
+            f"strings, lists and dicts are accepted; weights_only=True) ({str(exc).splitlines()[0]})",
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise InputError(path, f"cannot read the checkpoint, it is damaged or truncated ({exc})") from None
+    if not isinstance(checkpoint, dict):
+        raise InputError(path, f"expected a checkpoint dict, got {type(checkpoint).__name__}")
+    return checkpoint
