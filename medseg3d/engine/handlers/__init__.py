@@ -1,0 +1,7 @@
+"""Small ignite handlers, one per file, attached to MONAI's trainer instead of subclassing it."""
+
+from __future__ import annotations
+
+from medseg3d.engine.handlers.metrics_csv import MetricsCSV
+
+__all__ = ["MetricsCSV"]
