@@ -66,3 +66,27 @@ def test_resume_drops_rows_newer_than_the_checkpoint(tmp_path: Path) -> None:
     rows = _rows(tmp_path / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"]
     assert rows[2]["train_loss"] == "6" and rows[3]["val_mean_dice"] == "0.4"
+
+
+def test_curves_png_is_drawn_from_metrics_csv(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from medseg3d.engine.handlers import Curves
+
+    trainer, _ = _engines(tmp_path)
+    Curves(tmp_path).attach(trainer)
+    trainer.run([1.0, 3.0], max_epochs=4)
+    image = Image.open(tmp_path / "curves.png")
+    assert image.size[0] > image.size[1] > 100
+    pixels = image.convert("RGB").getcolors(maxcolors=1_000_000)
+    assert len(pixels) > 20, "the plot holds lines and text, not a blank canvas"
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+def test_curves_rejects_bad_interval(tmp_path: Path) -> None:
+    import pytest
+
+    from medseg3d.engine.handlers import Curves
+
+    with pytest.raises(ValueError, match="every must be >= 1"):
+        Curves(tmp_path, every=0)

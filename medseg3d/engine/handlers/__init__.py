@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from medseg3d.engine.handlers.curves import Curves, plot_curves
 from medseg3d.engine.handlers.metrics_csv import MetricsCSV
 
-__all__ = ["MetricsCSV"]
+__all__ = ["Curves", "MetricsCSV", "plot_curves"]
