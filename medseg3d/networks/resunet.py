@@ -1,0 +1,85 @@
+"""The 3D Res-UNet: MONAI's UNet with residual units, or MONAI's DynUNet with residual blocks.
+
+Both are U-shaped encoder-decoders. ``channels[i]`` features at level ``i``; every stride-2 level halves
+each spatial axis, so an input of shape (B, C, X, Y, Z) needs X, Y, Z divisible by ``2 ** len(strides)``
+(``prep_brats`` pads to a multiple of 16, enough for four levels). The output has shape
+(B, out_channels, X, Y, Z): one logit per region (sigmoid) or per label (softmax).
+
+Example:
+    >>> import torch
+    >>> net = res_unet(in_channels=4, out_channels=3, channels=(8, 16, 32), strides=(2, 2))
+    >>> net(torch.zeros(1, 4, 32, 24, 16)).shape
+    torch.Size([1, 3, 32, 24, 16])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+KINDS = ("unet", "dynunet")
+
+
+def res_unet(
+    in_channels: int = 4,
+    out_channels: int = 3,
+    channels: Sequence[int] = (16, 32, 64, 128, 256),
+    strides: Sequence[int] = (2, 2, 2, 2),
+    num_res_units: int = 2,
+    norm: str = "instance",
+    dropout: float = 0.0,
+    kind: str = "unet",
+) -> torch.nn.Module:
+    """Build the 3D Res-UNet.
+
+    Args:
+        in_channels: input channels (4 MRI modalities for BraTS).
+        out_channels: output channels (3 regions, or 4 labels with background).
+        channels: features per level, one more entry than ``strides``.
+        strides: downsampling factor between consecutive levels.
+        num_res_units: residual units per level (``kind="unet"``); at least 1 for a Res-UNet.
+        norm: ``"instance"`` or ``"batch"``.
+        dropout: dropout probability in [0, 1).
+        kind: ``"unet"`` (MONAI ``UNet``) or ``"dynunet"`` (MONAI ``DynUNet`` with residual blocks).
+
+    Raises:
+        ValueError: inconsistent or out-of-range arguments, each named.
+    """
+    from monai.networks.nets import UNet
+
+    channels, strides = tuple(int(c) for c in channels), tuple(int(s) for s in strides)
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if in_channels < 1 or out_channels < 1:
+        raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels} and {out_channels}")
+    if len(channels) < 2 or len(channels) != len(strides) + 1:
+        raise ValueError(
+            f"channels needs one more entry than strides (and at least 2), got {len(channels)} and {len(strides)}"
+        )
+    if any(c < 1 for c in channels) or any(s < 1 for s in strides):
+        raise ValueError(f"channels and strides must be positive, got {channels} and {strides}")
+    if norm not in ("instance", "batch"):
+        raise ValueError(f"norm must be 'instance' or 'batch', got {norm!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if kind == "unet":
+        if num_res_units < 1:
+            raise ValueError(f"a Res-UNet needs num_res_units >= 1, got {num_res_units}")
+        return UNet(
+            3, in_channels, out_channels, channels, strides, num_res_units=num_res_units, norm=norm, dropout=dropout
+        )
+    from monai.networks.nets import DynUNet
+
+    return DynUNet(
+        3,
+        in_channels,
+        out_channels,
+        kernel_size=[3] * len(channels),
+        strides=(1, *strides),
+        upsample_kernel_size=strides,
+        filters=channels,
+        norm_name=norm,
+        dropout=dropout or None,
+        res_block=True,
+    )

@@ -1,0 +1,67 @@
+"""Losses, optimizers and schedules chosen by name."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medseg3d.engine.optim import make_loss, make_optimizer, make_scheduler
+
+
+@pytest.mark.parametrize("name", ["dice_ce", "dice_focal", "focal"])
+@pytest.mark.parametrize("mode", ["regions", "labels"])
+def test_losses_prefer_the_right_answer(name: str, mode: str) -> None:
+    torch.manual_seed(0)
+    labels = torch.randint(0, 4, (2, 1, 8, 6, 4))
+    if mode == "regions":
+        target = torch.cat([labels > 0, (labels == 1) | (labels == 3), labels == 3], dim=1).float()
+        right = (target * 2 - 1) * 6.0
+    else:
+        target = labels
+        right = torch.nn.functional.one_hot(labels[:, 0], 4).permute(0, 4, 1, 2, 3).float() * 12.0 - 6.0
+    loss = make_loss(name, mode, class_weights=[1.0] * right.shape[1])
+    good, bad = loss(right, target), loss(-right, target)
+    assert torch.isfinite(good) and good < bad
+
+
+def test_scheduler_shapes() -> None:
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    opt = make_optimizer(params, "adamw", lr=1.0)
+    sched = make_scheduler(opt, "warmup_cosine", total_steps=10, warmup_steps=3)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] < lrs[2] < lrs[3] and lrs[3] > lrs[6] > lrs[9]
+    opt = make_optimizer(params, "sgd", lr=1.0)
+    assert opt.param_groups[0]["nesterov"] is True
+    sched = make_scheduler(opt, "poly", total_steps=4)
+    for _ in range(4):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        pytest.param(lambda: make_loss("mse"), "loss must be one of", id="loss"),
+        pytest.param(lambda: make_loss("dice_ce", "voxels"), "output_mode must be", id="mode"),
+        pytest.param(lambda: make_optimizer([], "adam"), "optimizer must be one of", id="optimizer"),
+        pytest.param(lambda: make_optimizer([], "sgd", lr=0), "lr must be > 0", id="lr"),
+        pytest.param(
+            lambda: make_scheduler(make_optimizer([torch.nn.Parameter(torch.zeros(1))]), "step", 5),
+            "lr schedule must be one of",
+            id="schedule",
+        ),
+        pytest.param(
+            lambda: make_scheduler(make_optimizer([torch.nn.Parameter(torch.zeros(1))]), "poly", 5, 5),
+            "warmup_steps < total_steps",
+            id="warmup",
+        ),
+    ],
+)
+def test_bad_names(call, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        call()
