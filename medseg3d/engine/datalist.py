@@ -39,7 +39,8 @@ def read_dataset_json(dataset_dir: str | os.PathLike) -> dict[str, Any]:
 def fold_datalists(dataset_dir: str | os.PathLike, fold: int) -> tuple[list[dict], list[dict]]:
     """The (training, validation) entries for ``fold``: that fold validates, every other fold trains.
 
-    Paths come back absolute (``monai.data.load_decathlon_datalist``).
+    Each entry holds ``image`` and ``label`` (absolute paths, via ``monai.data.load_decathlon_datalist``),
+    ``case_id`` and ``fold``.
 
     Raises:
         InputError: a bad ``dataset.json`` (see ``read_dataset_json``), a fold that no case has, or an image
@@ -55,6 +56,8 @@ def fold_datalists(dataset_dir: str | os.PathLike, fold: int) -> tuple[list[dict
         for key in ("image", "label"):
             if not Path(entry[key]).is_file():
                 raise InputError(entry[key], f"listed as {key} of {entry.get('case_id', '?')} in {path} but missing")
+    # Only what the data loader needs: None (a missing grade) or nested lists do not collate into batches.
+    entries = [{key: e[key] for key in ("image", "label", "case_id", "fold") if key in e} for e in entries]
     train = [e for e in entries if int(e["fold"]) != fold]
     val = [e for e in entries if int(e["fold"]) == fold]
     if not train:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
+from medseg3d.engine.handlers.checkpoints import Checkpoints
 from medseg3d.engine.handlers.curves import Curves, plot_curves
 from medseg3d.engine.handlers.metrics_csv import MetricsCSV
 
-__all__ = ["Curves", "MetricsCSV", "plot_curves"]
+__all__ = ["Checkpoints", "Curves", "MetricsCSV", "plot_curves"]
