@@ -36,9 +36,32 @@ def _run_bundle(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=600)
 
 
-def test_two_epochs_through_monai_bundle_run(prepared: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "extra, names, out_channels",
+    [
+        pytest.param([], ("WT", "TC", "ET"), 3, id="regions-dice_ce-adamw"),
+        pytest.param(
+            [
+                "--output_mode",
+                "labels",
+                "--loss_name",
+                "dice_focal",
+                "--optimizer_name",
+                "sgd",
+                "--lr_schedule",
+                "poly",
+            ],
+            ("NCR", "ED", "ET"),
+            4,
+            id="labels-dice_focal-sgd-poly",
+        ),
+    ],
+)
+def test_two_epochs_through_monai_bundle_run(
+    prepared: Path, tmp_path: Path, extra: list[str], names: tuple[str, ...], out_channels: int
+) -> None:
     run_dir = tmp_path / "run"
-    result = _run_bundle("--dataset_dir", str(prepared), "--output_dir", str(run_dir), *TINY)
+    result = _run_bundle("--dataset_dir", str(prepared), "--output_dir", str(run_dir), *TINY, *extra)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     with open(run_dir / "metrics.csv", newline="") as f:
@@ -46,8 +69,8 @@ def test_two_epochs_through_monai_bundle_run(prepared: Path, tmp_path: Path) -> 
     assert [r["epoch"] for r in rows] == ["1", "2"]
     for row in rows:
         assert float(row["train_loss"]) > 0
-        for region in ("WT", "TC", "ET"):
-            assert 0.0 <= float(row[f"val_dice_{region}"]) <= 1.0
+        for name in names:
+            assert 0.0 <= float(row[f"val_dice_{name}"]) <= 1.0
     assert (run_dir / "curves.png").stat().st_size > 1000
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
 
@@ -56,9 +79,9 @@ def test_two_epochs_through_monai_bundle_run(prepared: Path, tmp_path: Path) -> 
     assert {"network", "optimizer", "lr_scheduler", "rng", "best"} <= set(last)
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     assert best["best"]["metric"] == pytest.approx(max(float(r["val_mean_dice"]) for r in rows), rel=1e-5)
-    net = res_unet(4, 3, channels=(4, 8, 16), strides=(2, 2))
+    net = res_unet(4, out_channels, channels=(4, 8, 16), strides=(2, 2))
     net.load_state_dict(last["network"])
-    assert net(torch.zeros(1, 4, 32, 32, 32)).shape == (1, 3, 32, 32, 32)
+    assert net(torch.zeros(1, 4, 32, 32, 32)).shape == (1, out_channels, 32, 32, 32)
 
 
 def test_missing_dataset_fails_with_the_path(tmp_path: Path) -> None:
