@@ -88,3 +88,40 @@ def test_missing_dataset_fails_with_the_path(tmp_path: Path) -> None:
     result = _run_bundle("--dataset_dir", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "run"), *TINY)
     assert result.returncode != 0
     assert "nowhere/dataset.json: not found" in result.stdout + result.stderr
+
+
+def test_medseg3d_train_matches_monai_bundle_run(prepared: Path, tmp_path: Path) -> None:
+    common = ["--dataset_dir", str(prepared), *TINY]
+    assert _run_bundle("--output_dir", str(tmp_path / "a"), *common).returncode == 0
+    command = [sys.executable, "-m", "medseg3d.cli", "train", "--bundle", str(BUNDLE)]
+    result = subprocess.run(
+        [*command, "--output_dir", str(tmp_path / "b"), *common], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Same configs, same seed, same overrides: the same run, number for number (seconds aside).
+    a, b = (_metrics_without_time(tmp_path / run / "metrics.csv") for run in ("a", "b"))
+    assert a == b and len(a) == 2
+
+
+def _metrics_without_time(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        pytest.param(["--max_epoch", "2"], "unknown key 'max_epoch'", id="unknown-key"),
+        pytest.param(["--max_epochs", "two"], "max_epochs expects int (like 300), got 'two'", id="int-as-text"),
+        pytest.param(["--max_epochs", "2.5"], "max_epochs expects int", id="int-as-float"),
+        pytest.param(["--roi_size", "5"], "roi_size expects list", id="list-as-int"),
+        pytest.param(["--network_def#norm", "3"], "network_def#norm expects str", id="nested"),
+        pytest.param(["--max_epochs"], "--KEY VALUE pairs", id="no-value"),
+        pytest.param(["--dataset_dir", "/nowhere"], "/nowhere/dataset.json: not found", id="no-dataset"),
+    ],
+)
+def test_bad_train_overrides_fail_before_training(capsys, overrides: list[str], message: str) -> None:
+    from medseg3d.cli import main
+
+    assert main(["train", "--bundle", str(BUNDLE), *overrides]) == 2
+    assert message in capsys.readouterr().err
