@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +73,19 @@ def test_two_epochs_through_monai_bundle_run(
         for name in names:
             assert 0.0 <= float(row[f"val_dice_{name}"]) <= 1.0
     assert (run_dir / "curves.png").stat().st_size > 1000
+
+    # The run record: the configuration as run, the overrides given, versions, git SHA, seed, command.
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["max_epochs"] == 2 and config["network_def"]["channels"] == [4, 8, 16]
+    assert config["network_def"]["_target_"] == "medseg3d.networks.res_unet"
+    resolved = json.loads((run_dir / "resolved.json").read_text())
+    assert resolved["out_channels"] == out_channels and resolved["device"] == "cpu"
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["overrides"]["roi_size"] == [32, 32, 32] and record["overrides"]["dataset_dir"] == str(prepared)
+    assert "config_file" not in record["overrides"]
+    assert record["seed"] == 0 and record["versions"]["monai"] and "monai/bundle" in " ".join(record["command"])
+    assert "sha" in record["git"]
+    assert "Epoch[2] Complete" in (run_dir / "train.log").read_text()
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
 
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")

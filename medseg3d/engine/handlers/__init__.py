@@ -5,5 +5,6 @@ from __future__ import annotations
 from medseg3d.engine.handlers.checkpoints import Checkpoints
 from medseg3d.engine.handlers.curves import Curves, plot_curves
 from medseg3d.engine.handlers.metrics_csv import MetricsCSV
+from medseg3d.engine.handlers.run_record import RunRecord
 
-__all__ = ["Checkpoints", "Curves", "MetricsCSV", "plot_curves"]
+__all__ = ["Checkpoints", "Curves", "MetricsCSV", "RunRecord", "plot_curves"]
