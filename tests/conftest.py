@@ -18,3 +18,15 @@ def real_data() -> Path:
     if not REAL_DATA.is_dir():
         pytest.skip("../shared/data/real is absent")
     return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tmp_path_factory) -> Path:
+    """A prepared dataset of 4 synthetic BraTS 2021 cases of 48x40x32 in 2 folds (shared by the session)."""
+    from data_prep.prep_brats import PrepOptions, prep_brats
+    from medseg3d.data.synth_brats import write_brats_tree
+
+    root = tmp_path_factory.mktemp("tiny_brats")
+    write_brats_tree(root / "raw", cases=4, edition="2021", shape=(48, 40, 32), seed=0)
+    prep_brats(root / "raw", root / "prepared", PrepOptions(folds=2))
+    return root / "prepared"

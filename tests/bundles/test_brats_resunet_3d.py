@@ -11,8 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_prep.prep_brats import PrepOptions, prep_brats
-from medseg3d.data.synth_brats import write_brats_tree
 from medseg3d.engine.checkpoint import load_checkpoint
 from medseg3d.networks import res_unet
 
@@ -23,12 +21,9 @@ TINY = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("brats")
-    write_brats_tree(root / "raw", cases=4, edition="2021", shape=(48, 40, 32), seed=0)
-    prep_brats(root / "raw", root / "prepared", PrepOptions(folds=2))
-    return root / "prepared"
+@pytest.fixture
+def prepared(tiny_prepared: Path) -> Path:
+    return tiny_prepared
 
 
 def _run_bundle(*args: str) -> subprocess.CompletedProcess:

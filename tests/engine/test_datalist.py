@@ -7,18 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.prep_brats import PrepOptions, prep_brats
-from medseg3d.data.synth_brats import write_brats_tree
 from medseg3d.engine.datalist import fold_datalists
 from medseg3d.errors import InputError
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("prepared")
-    write_brats_tree(root / "raw", cases=4, edition="2021", shape=(48, 40, 31), seed=0)
-    prep_brats(root / "raw", root / "out", PrepOptions(folds=2))
-    return root / "out"
+@pytest.fixture
+def prepared(tiny_prepared: Path) -> Path:
+    return tiny_prepared
 
 
 @pytest.mark.parametrize("fold", [0, 1])
