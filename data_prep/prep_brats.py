@@ -128,6 +128,7 @@ def prepare_case(case: RawCase, out_dir: str | os.PathLike, edition: BratsEditio
     # Heavy imports here so `prep_brats --help` stays instant.
     import numpy as np
 
+    from medseg3d.data.io import save_nifti
     from medseg3d.data.volumes import check_same_grid, read_label, read_volume
     from medseg3d.transforms.array import NormalizeNonZero, PadToDivisible, RemapLabels
 
@@ -173,8 +174,6 @@ def prepare_case(case: RawCase, out_dir: str | os.PathLike, edition: BratsEditio
     del stack
     padded_affine = affine.copy()
     padded_affine[:3, 3] -= affine[:3, :3] @ np.array([before for before, _ in pad_width], dtype=float)
-
-    from medseg3d.data.io import save_nifti
 
     outputs = _outputs(case)
     label_counts = {}
