@@ -44,9 +44,30 @@ def cmd_synth_ct(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from medseg3d.engine.bundle import parse_overrides, run_bundle
+    from medseg3d.engine.bundle import find_run, parse_overrides, resume_workflow, run_bundle, run_workflow
+    from medseg3d.engine.crossval import train_folds
 
-    run_bundle(args.bundle, "train", parse_overrides(args.overrides))
+    overrides = parse_overrides(args.overrides)
+    if args.resume is None:
+        if args.bundle is None:
+            raise ValueError("give --bundle DIR (a new run) or --resume [RUN_DIR] (continue one)")
+        if args.folds is not None:
+            train_folds(args.bundle, args.folds, overrides, overrides.get("output_dir"))
+        else:
+            run_bundle(args.bundle, "train", overrides)
+        return 0
+    if args.resume is True:
+        runs_root = Path("runs")
+        if args.bundle is not None and (runs_root / args.bundle.resolve().name).is_dir():
+            runs_root = runs_root / args.bundle.resolve().name
+        run_dir = find_run(None, runs_root)
+    else:
+        run_dir = Path(args.resume)
+    for cv_dir in (run_dir, run_dir.parent):
+        if (cv_dir / "cv.json").is_file():  # a cross-validation run, or one of its folds
+            train_folds(None, "all", overrides, resume_dir=cv_dir)
+            return 0
+    run_workflow(resume_workflow(find_run(run_dir), overrides))
     return 0
 
 
@@ -85,7 +106,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a bundle. Every extra --KEY VALUE pair overrides a config id (nested ids with #), "
         "as on `python -m monai.bundle run`; an unknown key or a value of the wrong type is an error.",
     )
-    train.add_argument("--bundle", type=Path, required=True, help="the bundle folder (holds configs/)")
+    train.add_argument("--bundle", type=Path, help="the bundle folder (holds configs/); not needed with --resume")
+    train.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="RUN_DIR",
+        help="continue a stopped run exactly, with the configuration it ran with (default: the newest run "
+        "under ./runs); extra --KEY VALUE pairs still apply (e.g. --max_epochs)",
+    )
+    train.add_argument(
+        "--folds",
+        default=None,
+        metavar="all|K[,K...]",
+        help="train each fold in turn (all, or a list like 0,2) and write cv_summary.csv (mean ± std)",
+    )
     train.set_defaults(func=cmd_train)
 
     demo = commands.add_parser("demo", help="the whole pipeline end to end on synthetic data")
@@ -111,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:  # InputError included: a clear one-line message, no traceback
         print(f"medseg3d {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except SystemExit as exc:  # training stopped by SIGINT/SIGTERM: 128 + signal, the resume hint printed
+        return exc.code if isinstance(exc.code, int) else 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ wrong type is an error naming the key, before any data is read.
 from __future__ import annotations
 
 import ast
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,7 +16,11 @@ from typing import Any
 
 from medseg3d.errors import InputError
 
-WORKFLOW_FILES = {"train": ("common.yaml", "train.yaml")}
+# workflow -> (config files merged in order, MONAI workflow type)
+WORKFLOWS = {
+    "train": (("common.yaml", "train.yaml"), "train"),
+    "evaluate": (("common.yaml", "train.yaml", "evaluate.yaml"), "eval"),
+}
 _EXPRESSION_PREFIXES = ("$", "@", "%")
 
 
@@ -92,9 +97,10 @@ def make_workflow(bundle_dir: str | os.PathLike, workflow: str = "train", overri
 
     bundle = Path(bundle_dir)
     configs = bundle / "configs"
-    if workflow not in WORKFLOW_FILES:
-        raise ValueError(f"unknown workflow {workflow!r}; expected one of {', '.join(WORKFLOW_FILES)}")
-    files = [configs / name for name in WORKFLOW_FILES[workflow]]
+    if workflow not in WORKFLOWS:
+        raise ValueError(f"unknown workflow {workflow!r}; expected one of {', '.join(WORKFLOWS)}")
+    names, workflow_type = WORKFLOWS[workflow]
+    files = [configs / name for name in names]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise InputError(bundle, f"not a medseg3d bundle: missing {', '.join(missing)}")
@@ -104,7 +110,7 @@ def make_workflow(bundle_dir: str | os.PathLike, workflow: str = "train", overri
         config_file=[str(f) for f in files],
         meta_file=str(configs / "metadata.json"),
         logging_file=str(configs / "logging.conf"),
-        workflow_type=workflow,
+        workflow_type=workflow_type,
     )
     check_overrides(wf.parser, overrides)
     wf.parser.update(pairs=overrides)
@@ -113,7 +119,70 @@ def make_workflow(bundle_dir: str | os.PathLike, workflow: str = "train", overri
 
 def run_bundle(bundle_dir: str | os.PathLike, workflow: str = "train", overrides: Mapping[str, Any] | None = None):
     """Initialize, run and finalize ``workflow`` of the bundle; an ``InputError`` inside is re-raised as such."""
-    wf = make_workflow(bundle_dir, workflow, overrides)
+    return run_workflow(make_workflow(bundle_dir, workflow, overrides))
+
+
+def find_run(run_dir: str | os.PathLike | None = None, runs_root: str | os.PathLike = "runs") -> Path:
+    """The run directory to resume: ``run_dir`` itself, or the newest run under ``runs_root`` with a ``last.pt``.
+
+    Raises:
+        InputError: ``run_dir`` has no ``config.json`` or ``checkpoints/last.pt``, or no run is found.
+    """
+    if run_dir is None:
+        candidates = sorted(Path(runs_root).glob("**/checkpoints/last.pt"), key=lambda p: p.stat().st_mtime)
+        if not candidates:
+            raise InputError(runs_root, "no run to resume: no checkpoints/last.pt below it (pass the run directory)")
+        run_dir = candidates[-1].parent.parent
+    run_dir = Path(run_dir)
+    for needed in ("config.json", "checkpoints/last.pt"):
+        if not (run_dir / needed).is_file():
+            raise InputError(
+                run_dir / needed,
+                "not found: a resumable run directory holds config.json and checkpoints/last.pt "
+                "(a run writes last.pt after its first epoch or when stopped)",
+            )
+    return run_dir
+
+
+def resume_workflow(run_dir: str | os.PathLike, overrides: Mapping[str, Any] | None = None):
+    """A training ``ConfigWorkflow`` that continues ``run_dir`` with the configuration it ran with.
+
+    The run's ``config.json`` (config files merged, overrides applied) is the configuration, so the run
+    continues exactly; ``overrides`` may change anything further (``max_epochs`` to train longer).
+    """
+    from monai.bundle import ConfigWorkflow
+
+    run_dir = Path(run_dir)
+    config = run_dir / "config.json"
+    try:
+        content = json.loads(config.read_text())
+        started_in = Path(json.loads((run_dir / "run.json").read_text()).get("cwd", "."))
+    except (ValueError, OSError) as exc:
+        raise InputError(config, f"cannot read the run's configuration ({exc})") from None
+    # Relative paths in the configuration are relative to the folder the run was started in.
+    rebased = {
+        key: str(started_in / content[key])
+        for key in ("bundle_root", "dataset_dir")
+        if isinstance(content.get(key), str)
+        and not content[key].startswith(_EXPRESSION_PREFIXES)
+        and not Path(content[key]).is_absolute()
+    }
+    bundle_root = Path(rebased.get("bundle_root", content.get("bundle_root", ".")))
+    meta, logging_conf = bundle_root / "configs" / "metadata.json", bundle_root / "configs" / "logging.conf"
+    wf = ConfigWorkflow(
+        config_file=str(config),
+        meta_file=str(meta) if meta.is_file() else None,
+        logging_file=str(logging_conf) if logging_conf.is_file() else None,
+        workflow_type="train",
+    )
+    overrides = {**rebased, **dict(overrides or {}), "output_dir": str(run_dir), "resume": True}
+    check_overrides(wf.parser, overrides)
+    wf.parser.update(pairs=overrides)
+    return wf
+
+
+def run_workflow(wf):
+    """Initialize, run and finalize a ``ConfigWorkflow``; an ``InputError`` inside is re-raised as such."""
     try:
         wf.initialize()
         result = wf.run()

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from medseg3d.engine.handlers.checkpoints import Checkpoints
 from medseg3d.engine.handlers.curves import Curves, plot_curves
+from medseg3d.engine.handlers.graceful_stop import GracefulStop, exit_if_interrupted, ignore_stop_signals
 from medseg3d.engine.handlers.metrics_csv import MetricsCSV
 from medseg3d.engine.handlers.run_record import RunRecord
 
-__all__ = ["Checkpoints", "Curves", "MetricsCSV", "RunRecord", "plot_curves"]
+__all__ = [
+    "Checkpoints",
+    "Curves",
+    "GracefulStop",
+    "MetricsCSV",
+    "RunRecord",
+    "exit_if_interrupted",
+    "ignore_stop_signals",
+    "plot_curves",
+]

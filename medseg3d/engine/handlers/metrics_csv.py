@@ -32,7 +32,8 @@ class MetricsCSV:
 
     Attach it after MONAI's ``ValidationHandler`` so the evaluator has run when the row is written. When
     a run resumes, rows past the restored epoch (written before a crash, after the last checkpoint) are
-    dropped, so the file always matches the weights.
+    dropped, so the file always matches the weights; a run resumed mid-epoch carries the losses of that
+    epoch's first part over from the checkpoint (``state_dict``, saved by ``Checkpoints``).
 
     Args:
         output_dir: the run directory.
@@ -57,6 +58,7 @@ class MetricsCSV:
         self.rows: list[dict[str, Any]] = []
         self._losses: list[float] = []
         self._epoch_start = 0.0
+        self._carried: dict[str, Any] | None = None  # a half-done epoch's losses and seconds, from a checkpoint
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._load_existing)
@@ -70,9 +72,23 @@ class MetricsCSV:
             with open(self.path, newline="") as f:
                 self.rows = [row for row in csv.DictReader(f) if int(row["epoch"]) <= engine.state.epoch]
 
+    def state_dict(self) -> dict[str, Any]:
+        """The epoch in progress: its losses so far and the seconds spent on it (saved in checkpoints)."""
+        return {"losses": list(self._losses), "seconds": time.perf_counter() - self._epoch_start}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Carry a half-done epoch's losses and seconds into the epoch the resumed run starts with."""
+        self._carried = {"losses": [float(v) for v in state["losses"]], "seconds": float(state["seconds"])}
+
     def _epoch_started(self, engine: Engine) -> None:
-        self._losses = []
-        self._epoch_start = time.perf_counter()
+        carried, self._carried = self._carried, None
+        within = engine.state.iteration % engine.state.epoch_length if engine.state.epoch_length else 0
+        if carried is not None and within:
+            self._losses = carried["losses"]
+            self._epoch_start = time.perf_counter() - carried["seconds"]
+        else:
+            self._losses = []
+            self._epoch_start = time.perf_counter()
 
     def _iteration_completed(self, engine: Engine) -> None:
         self._losses.append(self.loss_transform(engine.state.output))

@@ -5,7 +5,7 @@ Written into ``output_dir`` when training starts:
 - ``config.json``: the bundle configuration as run (config files merged, overrides applied,
   expressions as written);
 - ``resolved.json``: the value each top-level id resolved to, where it is plain data;
-- ``run.json``: overrides given, command line, seed, start time, package versions, git SHA of the
+- ``run.json``: overrides given, command line and its working folder, seed, start time, package versions, git SHA of the
   medseg3d checkout (and whether it had uncommitted changes), host and device; each resume appends
   to ``resumed``;
 - ``train.log``: the log of the run (appended on resume).
@@ -155,6 +155,7 @@ class RunRecord:
             record = {
                 "started": now,
                 "command": self.argv,
+                "cwd": os.getcwd(),
                 "overrides": overrides_from_argv(self.argv),
                 "seed": self.seed,
                 "versions": _versions(),

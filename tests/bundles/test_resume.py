@@ -1,0 +1,128 @@
+"""A run stopped by SIGINT/SIGTERM and resumed ends with the same weights and metrics as one never stopped."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from ignite.engine import Events
+
+from medseg3d.engine.bundle import make_workflow, run_bundle, run_workflow
+from medseg3d.engine.checkpoint import load_checkpoint
+from medseg3d.errors import InputError
+
+BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "brats_mri_resunet_3d"
+# 2 training cases, batch 1: 2 iterations per epoch, so a stop can fall mid-epoch.
+TINY = {
+    "max_epochs": 3, "val_interval": 1, "roi_size": [32, 32, 32], "num_workers": 0, "batch_size": 1,
+    "network_def#channels": [4, 8, 16], "network_def#strides": [2, 2], "prob_noise": 0.5, "prob_flip": 0.5,
+}  # fmt: skip
+
+
+def _metrics(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    """Same weights, optimizer moments, schedule and metrics, bit for bit."""
+    assert _metrics(a) == _metrics(b)
+    for name in ("last.pt", "best.pt"):
+        first, second = (load_checkpoint(run / "checkpoints" / name) for run in (a, b))
+        assert first["trainer"] == second["trainer"]
+        for key, tensor in first["network"].items():
+            assert torch.equal(tensor, second["network"][key]), f"{name}: {key} differs"
+        moments = [s["exp_avg"] for s in first["optimizer"]["state"].values()]
+        assert all(torch.equal(x, y["exp_avg"]) for x, y in zip(moments, second["optimizer"]["state"].values(), strict=True))
+        assert first["lr_scheduler"] == second["lr_scheduler"]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_prepared: Path, tmp_path_factory) -> Path:
+    """The uninterrupted run."""
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    run_bundle(BUNDLE, "train", {**TINY, "dataset_dir": str(tiny_prepared), "output_dir": str(run_dir)})
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    "event, signum, stopped_at",
+    [
+        # Signalled during iteration 3 (epoch 2, batch 1): stops after it, mid-epoch.
+        pytest.param(Events.ITERATION_STARTED(once=3), signal.SIGINT, 3, id="sigint-mid-epoch"),
+        # Signalled after iteration 3: iteration 4 ends epoch 2, so it stops once epoch 2 is validated.
+        pytest.param(Events.ITERATION_COMPLETED(once=3), signal.SIGTERM, 4, id="sigterm-epoch-end"),
+    ],
+)
+def test_interrupt_then_resume_equals_uninterrupted(
+    tiny_prepared: Path, tmp_path: Path, reference: Path, event, signum: int, stopped_at: int
+) -> None:
+    run_dir = tmp_path / "run"
+    overrides = {**TINY, "dataset_dir": str(tiny_prepared), "output_dir": str(run_dir)}
+    workflow = make_workflow(BUNDLE, "train", overrides)
+    workflow.initialize()
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    trainer.add_event_handler(event, lambda: os.kill(os.getpid(), signum))
+    with pytest.raises(SystemExit) as stopped:
+        workflow.run()
+    assert stopped.value.code == 128 + signum
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert last["trainer"]["iteration"] == stopped_at
+    assert len(_metrics(run_dir)) == stopped_at // 2  # only completed epochs have rows
+
+    run_workflow(make_workflow(BUNDLE, "train", {**overrides, "resume": True}))
+    _assert_same_run(reference, run_dir)
+    record = json.loads((run_dir / "run.json").read_text())
+    assert [r["iteration"] for r in record["resumed"]] == [stopped_at]
+
+
+def test_ctrl_c_on_the_command_line_then_resume(tiny_prepared: Path, tmp_path: Path, reference: Path) -> None:
+    """Ctrl+C reaches the whole process group (DataLoader workers too) at an arbitrary moment; whatever it
+    interrupted, `medseg3d train --resume RUN_DIR` finishes the same run. Two workers here, none in the
+    reference: the augmentation seeds do not depend on which process draws a case."""
+    run_dir = tmp_path / "run"
+    args = [text for key, value in {**TINY, "num_workers": 2}.items() for text in (f"--{key}", str(value))]
+    command = [sys.executable, "-m", "medseg3d.cli", "train"]
+    overrides = [*args, "--dataset_dir", str(tiny_prepared), "--output_dir", str(run_dir)]
+    process = subprocess.Popen(
+        [*command, "--bundle", str(BUNDLE), *overrides],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while not (run_dir / "metrics.csv").is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 130, err[-3000:]
+    assert f"medseg3d train --resume {run_dir}" in err
+
+    resumed = subprocess.run([*command, "--resume", str(run_dir)], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same_run(reference, run_dir)
+
+
+def test_resume_without_a_checkpoint_names_the_file(tmp_path: Path) -> None:
+    from medseg3d.cli import main
+
+    (tmp_path / "config.json").write_text("{}")
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+
+
+def test_resume_refuses_a_different_dataset_size(tiny_prepared: Path, tmp_path: Path, reference: Path) -> None:
+    overrides = {**TINY, "dataset_dir": str(tiny_prepared), "output_dir": str(tmp_path), "batch_size": 2}
+    workflow = make_workflow(BUNDLE, "train", {**overrides, "resume": str(reference / "checkpoints" / "last.pt")})
+    with pytest.raises(InputError, match="iterations per epoch"):
+        run_workflow(workflow)
