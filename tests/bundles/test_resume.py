@@ -40,8 +40,8 @@ def _assert_same_run(a: Path, b: Path) -> None:
         assert first["trainer"] == second["trainer"]
         for key, tensor in first["network"].items():
             assert torch.equal(tensor, second["network"][key]), f"{name}: {key} differs"
-        moments = [s["exp_avg"] for s in first["optimizer"]["state"].values()]
-        assert all(torch.equal(x, y["exp_avg"]) for x, y in zip(moments, second["optimizer"]["state"].values(), strict=True))
+        states = zip(first["optimizer"]["state"].values(), second["optimizer"]["state"].values(), strict=True)
+        assert all(torch.equal(x["exp_avg"], y["exp_avg"]) for x, y in states)
         assert first["lr_scheduler"] == second["lr_scheduler"]
 
 
