@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _plain_text(text: str) -> str:
+    """``text`` without terminal escape sequences (torch's messages carry bold markers).
+
+    >>> _plain_text("\x1b[1mWeights only load failed\x1b[0m")
+    'Weights only load failed'
+    """
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
 def save_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``checkpoint`` to ``path`` atomically: the old file stays whole until the new one is complete."""
     with atomic_path(path) as tmp:
@@ -73,7 +83,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise InputError(
             path,
             "refused: the checkpoint holds objects that would run code when loaded (only tensors, numbers, "
-            f"strings, lists and dicts are accepted; weights_only=True) ({str(exc).splitlines()[0]})",
+            f"strings, lists and dicts are accepted; weights_only=True) ({_plain_text(str(exc).splitlines()[0])})",
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise InputError(path, f"cannot read the checkpoint, it is damaged or truncated ({exc})") from None

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from medseg3d.engine.handlers.checkpoints import Checkpoints
 from medseg3d.engine.handlers.curves import Curves, plot_curves
+from medseg3d.engine.handlers.eval_report import EvalReport
 from medseg3d.engine.handlers.graceful_stop import GracefulStop, exit_if_interrupted, ignore_stop_signals
+from medseg3d.engine.handlers.load_weights import LoadWeights
 from medseg3d.engine.handlers.metrics_csv import MetricsCSV
 from medseg3d.engine.handlers.run_record import RunRecord
 
 __all__ = [
     "Checkpoints",
     "Curves",
+    "EvalReport",
     "GracefulStop",
+    "LoadWeights",
     "MetricsCSV",
     "RunRecord",
     "exit_if_interrupted",
