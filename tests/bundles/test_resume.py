@@ -86,10 +86,19 @@ def test_interrupt_then_resume_equals_uninterrupted(
     assert [r["iteration"] for r in record["resumed"]] == [stopped_at]
 
 
-def test_ctrl_c_on_the_command_line_then_resume(tiny_prepared: Path, tmp_path: Path, reference: Path) -> None:
-    """Ctrl+C reaches the whole process group (DataLoader workers too) at an arbitrary moment; whatever it
-    interrupted, `medseg3d train --resume RUN_DIR` finishes the same run. Two workers here, none in the
-    reference: the augmentation seeds do not depend on which process draws a case."""
+@pytest.mark.parametrize(
+    "signum, exit_code",
+    [
+        pytest.param(signal.SIGINT, 130, id="ctrl-c"),
+        pytest.param(signal.SIGKILL, -signal.SIGKILL, id="crash"),  # no chance to save: resumes from the epoch end
+    ],
+)
+def test_stop_on_the_command_line_then_resume(
+    tiny_prepared: Path, tmp_path: Path, reference: Path, signum: int, exit_code: int
+) -> None:
+    """Ctrl+C reaches the whole process group (DataLoader workers too) at an arbitrary moment, and so does a
+    kill; whatever it interrupted, `medseg3d train --resume RUN_DIR` finishes the same run. Two workers
+    here, none in the reference: the augmentation seeds do not depend on which process draws a case."""
     run_dir = tmp_path / "run"
     args = [text for key, value in {**TINY, "num_workers": 2}.items() for text in (f"--{key}", str(value))]
     command = [sys.executable, "-m", "medseg3d.cli", "train"]
@@ -102,12 +111,15 @@ def test_ctrl_c_on_the_command_line_then_resume(tiny_prepared: Path, tmp_path: P
         start_new_session=True,
     )
     deadline = time.monotonic() + 300
-    while not (run_dir / "metrics.csv").is_file() and process.poll() is None and time.monotonic() < deadline:
+    while (
+        not (run_dir / "checkpoints" / "last.pt").is_file() and process.poll() is None and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGINT)
+    os.killpg(process.pid, signum)
     _, err = process.communicate(timeout=300)
-    assert process.returncode == 130, err[-3000:]
-    assert f"medseg3d train --resume {run_dir}" in err
+    assert process.returncode == exit_code, err[-3000:]
+    if signum == signal.SIGINT:
+        assert f"medseg3d train --resume {run_dir}" in err
 
     resumed = subprocess.run([*command, "--resume", str(run_dir)], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
