@@ -138,3 +138,12 @@ def test_resume_refuses_a_different_dataset_size(tiny_prepared: Path, tmp_path: 
     workflow = make_workflow(BUNDLE, "train", {**overrides, "resume": str(reference / "checkpoints" / "last.pt")})
     with pytest.raises(InputError, match="iterations per epoch"):
         run_workflow(workflow)
+
+
+def test_resuming_a_finished_run_says_so(reference: Path, capsys) -> None:
+    from medseg3d.cli import main
+
+    before = (reference / "metrics.csv").read_text()
+    assert main(["train", "--resume", str(reference)]) == 2
+    assert "the run is complete: it trained 3 of max_epochs=3 epochs" in capsys.readouterr().err
+    assert (reference / "metrics.csv").read_text() == before

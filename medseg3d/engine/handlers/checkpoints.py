@@ -162,6 +162,13 @@ class Checkpoints:
                 f"saved with {position['epoch_length']} iterations per epoch, but this run has {epoch_length}: "
                 "the dataset, fold or batch size changed, so it cannot continue exactly",
             )
+        max_epochs = engine.state.max_epochs or position["max_epochs"]
+        if position["iteration"] >= max_epochs * position["epoch_length"]:
+            raise InputError(
+                path,
+                f"the run is complete: it trained {position['epoch']} of max_epochs={max_epochs} epochs "
+                "(to train longer, resume with a larger --max_epochs)",
+            )
         _unwrap(self.network).load_state_dict(checkpoint["network"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         if self.lr_scheduler is not None and "lr_scheduler" in checkpoint:
@@ -177,9 +184,6 @@ class Checkpoints:
         if self.evaluator is not None and "evaluator" in checkpoint:
             self.evaluator.state.best_metric = checkpoint["evaluator"]["best_metric"]
             self.evaluator.state.best_metric_epoch = checkpoint["evaluator"]["best_metric_epoch"]
-        max_epochs = engine.state.max_epochs or position["max_epochs"]
-        if position["iteration"] > max_epochs * position["epoch_length"]:
-            raise InputError(path, f"is past max_epochs={max_epochs} (epoch {position['epoch']}); raise max_epochs")
         engine.load_state_dict(
             {"iteration": position["iteration"], "epoch_length": position["epoch_length"], "max_epochs": max_epochs}
         )

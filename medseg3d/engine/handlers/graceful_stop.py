@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -40,7 +41,8 @@ class GracefulStop:
 
     Args:
         checkpoints: the ``Checkpoints`` handler whose ``save_last`` writes the state.
-        resume_hint: the command to print; ``{run_dir}`` is replaced by the run directory.
+        resume_hint: the command to print; ``{run_dir}`` is replaced by the run directory and ``$WORLD_SIZE``
+            by the number of processes (under torchrun).
     """
 
     def __init__(self, checkpoints: Any, resume_hint: str = "medseg3d train --resume {run_dir}") -> None:
@@ -99,7 +101,9 @@ class GracefulStop:
             "signal": signal.Signals(signum).name,
             "exit_code": 128 + int(signum),
             "checkpoint": str(path),
-            "resume": self.resume_hint.format(run_dir=path.parent.parent),
+            "resume": self.resume_hint.replace("$WORLD_SIZE", os.environ.get("WORLD_SIZE", "N")).format(
+                run_dir=path.parent.parent
+            ),
         }
         logger.info(
             "stopped by %s at epoch %d, iteration %d; saved %s. Resume with: %s",
@@ -117,12 +121,14 @@ def exit_if_interrupted(engine: Engine) -> None:
     interrupted = getattr(engine.state, "interrupted", None)
     if not interrupted:
         return
-    print(
-        f"training stopped by {interrupted['signal']}; state saved in {interrupted['checkpoint']}\n"
-        f"resume with: {interrupted['resume']}",
-        file=sys.stderr,
-        flush=True,
-    )
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if not distributed or torch.distributed.get_rank() == 0:
+        print(
+            f"training stopped by {interrupted['signal']}; state saved in {interrupted['checkpoint']}\n"
+            f"resume with: {interrupted['resume']}",
+            file=sys.stderr,
+            flush=True,
+        )
     raise SystemExit(interrupted["exit_code"])
 
 
