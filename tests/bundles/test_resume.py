@@ -87,14 +87,15 @@ def test_interrupt_then_resume_equals_uninterrupted(
 
 
 @pytest.mark.parametrize(
-    "signum, exit_code",
+    "signum, exit_code, close_stderr",
     [
-        pytest.param(signal.SIGINT, 130, id="ctrl-c"),
-        pytest.param(signal.SIGKILL, -signal.SIGKILL, id="crash"),  # no chance to save: resumes from the epoch end
+        pytest.param(signal.SIGINT, 130, False, id="ctrl-c"),
+        pytest.param(signal.SIGKILL, -signal.SIGKILL, False, id="crash"),  # no chance to save: from the epoch end
+        pytest.param(signal.SIGHUP, 129, True, id="terminal-gone"),  # a dropped ssh session: stderr is dead too
     ],
 )
 def test_stop_on_the_command_line_then_resume(
-    tiny_prepared: Path, tmp_path: Path, reference: Path, signum: int, exit_code: int
+    tiny_prepared: Path, tmp_path: Path, reference: Path, signum: int, exit_code: int, close_stderr: bool
 ) -> None:
     """Ctrl+C reaches the whole process group (DataLoader workers too) at an arbitrary moment, and so does a
     kill; whatever it interrupted, `medseg3d train --resume RUN_DIR` finishes the same run. Two workers
@@ -105,7 +106,7 @@ def test_stop_on_the_command_line_then_resume(
     overrides = [*args, "--dataset_dir", str(tiny_prepared), "--output_dir", str(run_dir)]
     process = subprocess.Popen(
         [*command, "--bundle", str(BUNDLE), *overrides],
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
@@ -115,10 +116,16 @@ def test_stop_on_the_command_line_then_resume(
         not (run_dir / "checkpoints" / "last.pt").is_file() and process.poll() is None and time.monotonic() < deadline
     ):
         time.sleep(0.05)
+    if close_stderr:
+        process.stderr.close()
     os.killpg(process.pid, signum)
-    _, err = process.communicate(timeout=300)
+    if close_stderr:
+        process.wait(timeout=300)
+        err = (run_dir / "train.log").read_text()
+    else:
+        _, err = process.communicate(timeout=300)
     assert process.returncode == exit_code, err[-3000:]
-    if signum == signal.SIGINT:
+    if signum != signal.SIGKILL:
         assert f"medseg3d train --resume {run_dir}" in err
 
     resumed = subprocess.run([*command, "--resume", str(run_dir)], capture_output=True, text=True, timeout=300)

@@ -1,4 +1,5 @@
-"""Ctrl+C (SIGINT) or SIGTERM: finish the current iteration, save ``last.pt``, say how to resume, exit non-zero."""
+"""Ctrl+C (SIGINT), SIGTERM or SIGHUP: finish the current iteration, save ``last.pt``, say how to resume, exit
+non-zero."""
 
 from __future__ import annotations
 
@@ -14,7 +15,16 @@ from ignite.engine import Engine, Events
 
 logger = logging.getLogger(__name__)
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Ctrl+C, a scheduler's or kill's SIGTERM, and the hang-up of a closed terminal or dropped ssh session.
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _say(message: str) -> None:
+    """Print to stderr; a closed terminal or pipe (a dropped ssh session) must not turn a clean stop into a crash."""
+    try:
+        print(message, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        logger.warning(message)
 
 
 def _stop_everywhere(requested: bool) -> bool:
@@ -29,15 +39,16 @@ def _stop_everywhere(requested: bool) -> bool:
 
 
 class GracefulStop:
-    """Turn SIGINT/SIGTERM into a clean stop at the next safe point of training.
+    """Turn SIGINT/SIGTERM/SIGHUP into a clean stop at the next safe point of training.
 
     The signal only sets a flag. After the iteration in progress (after the epoch's validation and records
     when it was the epoch's last; and only where no accumulated gradient would be lost, with
     ``accumulation_steps`` > 1), ``checkpoints.save_last`` writes ``last.pt``, the
     trainer terminates, and ``exit_if_interrupted`` (the bundle's last ``run`` step) exits with 128 + the
-    signal number (130 for Ctrl+C, 143 for SIGTERM) after printing the resume command. A second signal
-    while stopping aborts at once, with the previous ``last.pt`` intact (it is replaced atomically).
-    DataLoader workers ignore both signals, so only this process decides when to stop.
+    signal number (130 for Ctrl+C, 143 for SIGTERM, 129 for a hang-up) after printing the resume
+    command. A second signal while stopping aborts at once, with the previous ``last.pt`` intact (it is
+    replaced atomically). DataLoader workers ignore these signals, so only this process decides when to
+    stop; a closed terminal or pipe does not turn the stop into a crash.
 
     Args:
         checkpoints: the ``Checkpoints`` handler whose ``save_last`` writes the state.
@@ -61,20 +72,16 @@ class GracefulStop:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.received = signum
-        name = signal.Signals(signum).name
-        print(
-            f"\n{name} received: stopping after this iteration and saving checkpoints/last.pt "
-            f"(send {name} again to abort without saving)",
-            file=sys.stderr,
-            flush=True,
-        )
         signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+        name = signal.Signals(signum).name
+        _say(f"\n{name} received: stopping after this iteration and saving checkpoints/last.pt "
+             f"(send {name} again to abort without saving)")  # fmt: skip
 
     def _install(self, engine: Engine) -> None:
         self.received = None
         engine.state.interrupted = None
         if threading.current_thread() is not threading.main_thread():
-            logger.warning("not in the main thread: SIGINT/SIGTERM will not stop training gracefully")
+            logger.warning("not in the main thread: SIGINT/SIGTERM/SIGHUP will not stop training gracefully")
             return
         for signum in SIGNALS:
             self._previous[signum] = signal.signal(signum, self._on_signal)
@@ -123,17 +130,15 @@ def exit_if_interrupted(engine: Engine) -> None:
         return
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     if not distributed or torch.distributed.get_rank() == 0:
-        print(
+        _say(
             f"training stopped by {interrupted['signal']}; state saved in {interrupted['checkpoint']}\n"
-            f"resume with: {interrupted['resume']}",
-            file=sys.stderr,
-            flush=True,
+            f"resume with: {interrupted['resume']}"
         )
     raise SystemExit(interrupted["exit_code"])
 
 
 def ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: workers ignore SIGINT/SIGTERM (the main process stops them), then seed
+    """DataLoader ``worker_init_fn``: workers ignore the stop signals (the main process stops them), then seed
     MONAI's random transforms as MONAI's own ``worker_init_fn`` does."""
     from monai.data.utils import worker_init_fn
 
