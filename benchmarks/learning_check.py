@@ -51,7 +51,8 @@ def main() -> int:
     print(" ".join(command), flush=True)
     start = time.monotonic()
     seen: dict[int, float] = {}  # epoch -> seconds since start when its metrics row appeared
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = open(work / "train_stderr.log", "w")  # a file, not a pipe: a full pipe would block the run
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, text=True)
     while process.poll() is None:
         elapsed = time.monotonic() - start
         for row in _rows(run_dir):
@@ -60,7 +61,8 @@ def main() -> int:
             process.send_signal(signal.SIGTERM)
             break
         time.sleep(1.0)
-    _, err = process.communicate()
+    process.wait()
+    log.close()
     reached = None
     for row in _rows(run_dir):
         if not row.get("val_mean_dice"):
@@ -87,7 +89,7 @@ def main() -> int:
     }
     print(json.dumps(summary), flush=True)
     if process.returncode not in (0, 128 + signal.SIGTERM):
-        print(err[-3000:], file=sys.stderr)
+        print((work / "train_stderr.log").read_text()[-3000:], file=sys.stderr)
         return 1
     return 0 if reached is not None else 1
 
