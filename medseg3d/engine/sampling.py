@@ -23,6 +23,8 @@ import torch
 from monai.data.utils import set_rnd
 from torch.utils.data import Dataset, DistributedSampler
 
+from medseg3d.engine.distributed import get_rank, is_distributed
+
 
 class ResumableSampler(DistributedSampler):
     """Yield ``(index, sample_seed)`` for one epoch; the order and the seeds are functions of (seed, epoch).
@@ -58,12 +60,10 @@ class ResumableSampler(DistributedSampler):
         rank: int | None = None,
         drop_last: bool = False,
     ) -> None:
-        if num_replicas is None or rank is None:
-            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-            num_replicas = num_replicas if num_replicas is not None else (
-                torch.distributed.get_world_size() if distributed else 1
-            )  # fmt: skip
-            rank = rank if rank is not None else (torch.distributed.get_rank() if distributed else 0)
+        if num_replicas is None:
+            num_replicas = torch.distributed.get_world_size() if is_distributed() else 1
+        if rank is None:
+            rank = get_rank()
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
         self._skip = 0
 

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
+from medseg3d.engine.distributed import is_distributed, is_rank_zero
+
 logger = logging.getLogger(__name__)
 
 # Ctrl+C, a scheduler's or kill's SIGTERM, and the hang-up of a closed terminal or dropped ssh session.
@@ -29,7 +31,7 @@ def _say(message: str) -> None:
 
 def _stop_everywhere(requested: bool) -> bool:
     """Under torch.distributed, True on every rank when any rank was signalled, so all stop at one iteration."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if not is_distributed():
         return requested
     flag = torch.tensor([1 if requested else 0], dtype=torch.int32)
     if torch.distributed.get_backend() == "nccl":
@@ -128,8 +130,7 @@ def exit_if_interrupted(engine: Engine) -> None:
     interrupted = getattr(engine.state, "interrupted", None)
     if not interrupted:
         return
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    if not distributed or torch.distributed.get_rank() == 0:
+    if is_rank_zero():
         _say(
             f"training stopped by {interrupted['signal']}; state saved in {interrupted['checkpoint']}\n"
             f"resume with: {interrupted['resume']}"
