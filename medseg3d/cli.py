@@ -74,7 +74,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from medseg3d.demo import run_demo
 
-    return run_demo(Path(args.out), cases=args.cases, shape=tuple(args.shape), seed=args.seed)
+    return run_demo(Path(args.out), cases=args.cases, shape=tuple(args.shape), seed=args.seed, epochs=args.epochs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--cases", type=_positive, default=8, help="synthetic training cases (8)")
     demo.add_argument("--shape", type=_positive, nargs=3, default=[120, 120, 78], metavar=("X", "Y", "Z"))
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--epochs", type=_positive, default=20, help="training epochs (20: a few minutes on 2 CPU cores)")
     demo.set_defaults(func=cmd_demo)
     return parser
 

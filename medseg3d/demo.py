@@ -6,21 +6,29 @@ import csv
 import time
 from pathlib import Path
 
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "brats_mri_resunet_3d"
 
-def run_demo(out: Path, cases: int = 8, shape: tuple[int, int, int] = (120, 120, 78), seed: int = 0) -> int:
-    """Synthesize a raw BraTS 2021 tree, prepare it with ``prep_brats``, print the report summary.
+
+def run_demo(
+    out: Path, cases: int = 8, shape: tuple[int, int, int] = (120, 120, 78), seed: int = 0, epochs: int = 20
+) -> int:
+    """Synthesize a raw BraTS 2021 tree, prepare it with ``prep_brats``, train the 3D Res-UNet bundle briefly.
+
+    The training uses the bundle's default configuration but for ``max_epochs`` (``epochs``) and a
+    validation every 5 epochs; it writes a full run directory (``out/run``) and prints its curves path.
 
     Returns:
         the exit code: 0 when every stage succeeded.
     """
     from data_prep.prep_brats import PrepOptions, prep_brats, summarize
     from medseg3d.data.synth_brats import write_brats_tree
+    from medseg3d.engine.bundle import run_bundle
 
-    raw, prepared = out / "raw", out / "prepared"
+    raw, prepared, run_dir = out / "raw", out / "prepared", out / "run"
     start = time.perf_counter()
-    print(f"[1/2] synthesizing {cases} BraTS 2021 cases + 2 validation cases of {shape} into {raw}")
+    print(f"[1/3] synthesizing {cases} BraTS 2021 cases + 2 validation cases of {shape} into {raw}")
     write_brats_tree(raw, cases=cases, edition="2021", shape=shape, seed=seed, validation_cases=2)
-    print(f"[2/2] prep_brats {raw} {prepared}")
+    print(f"[2/3] prep_brats {raw} {prepared}")
     result = prep_brats(raw, prepared, PrepOptions(folds=min(5, cases), seed=seed, workers=2))
     print(summarize(result))
     with open(prepared / "prep_report.csv", newline="") as f:
@@ -31,6 +39,28 @@ def run_demo(out: Path, cases: int = 8, shape: tuple[int, int, int] = (120, 120,
             f"{row['case_id']:<18} {row['status']:<8} {row['split']:<6} {row['shape']:<12} "
             f"{row['NCR_voxels']:>7} {row['ED_voxels']:>7} {row['ET_voxels']:>7}"
         )
+    if result.rejected:
+        return 1
+    val_interval = min(5, epochs)
+    print(f"[3/3] medseg3d train --bundle {BUNDLE} --max_epochs {epochs} --val_interval {val_interval} (CPU or GPU)")
+    overrides = {
+        "dataset_dir": str(prepared),
+        "output_dir": str(run_dir),
+        "max_epochs": epochs,
+        "val_interval": val_interval,
+        "seed": seed,
+    }
+    run_bundle(BUNDLE, "train", overrides)
+    with open(run_dir / "metrics.csv", newline="") as f:
+        metrics = [row for row in csv.DictReader(f) if row.get("val_mean_dice")]
+    print(f"{'epoch':>5} {'train loss':>10} {'mean Dice':>9} {'WT':>6} {'TC':>6} {'ET':>6}")
+    for row in metrics:
+        print(
+            f"{row['epoch']:>5} {float(row['train_loss']):>10.4f} {float(row['val_mean_dice']):>9.3f} "
+            f"{float(row['val_dice_WT']):>6.3f} {float(row['val_dice_TC']):>6.3f} {float(row['val_dice_ET']):>6.3f}"
+        )
     print(f"prepared dataset: {prepared / 'dataset.json'}  report: {prepared / 'prep_report.csv'}")
+    print(f"run: {run_dir}  curves: {run_dir / 'curves.png'}  checkpoints: {run_dir / 'checkpoints'}")
+    print(f"continue training: medseg3d train --resume {run_dir} --max_epochs {epochs * 2}")
     print(f"demo finished in {time.perf_counter() - start:.1f} s")
-    return 1 if result.rejected else 0
+    return 0

@@ -52,8 +52,10 @@ def _type_name(value: Any) -> str:
 def check_overrides(parser: Any, overrides: Mapping[str, Any]) -> None:
     """Raise ``ValueError`` for an override whose key the config lacks or whose value has the wrong type.
 
-    A key whose current value is an expression (``$...``, ``@...``) or null accepts any value; an int
-    accepts a float where the config holds a float, and a list must stay a list.
+    A key whose current value is an expression (``$...``, ``@...``) is checked against what it resolves
+    to when that is plain data (``roi_size`` chosen by device is still a list), and accepts any value
+    otherwise (a device, a network); null accepts any value. An int accepts a float where the config
+    holds a float, and a list must stay a list.
     """
     problems = []
     for key, value in overrides.items():
@@ -62,7 +64,9 @@ def check_overrides(parser: Any, overrides: Mapping[str, Any]) -> None:
             problems.append(f"unknown key {key!r} (top-level keys: {', '.join(top)})")
             continue
         current = parser[key]
-        if current is None or (isinstance(current, str) and current.startswith(_EXPRESSION_PREFIXES)):
+        if isinstance(current, str) and current.startswith(_EXPRESSION_PREFIXES):
+            current = _resolved_plain(parser, key)
+        if current is None:
             continue
         if isinstance(value, str) and value.startswith(_EXPRESSION_PREFIXES):
             continue
@@ -78,6 +82,16 @@ def check_overrides(parser: Any, overrides: Mapping[str, Any]) -> None:
             problems.append(f"{key} expects {_type_name(current)} (like {current!r}), got {value!r}")
     if problems:
         raise ValueError("bad override: " + "; ".join(problems))
+
+
+def _resolved_plain(parser: Any, key: str) -> Any:
+    """What the expression at ``key`` resolves to when that is plain data (bool, number, string, list), else
+    None. Data-dependent expressions that fail here (a dataset not there yet) give None."""
+    try:
+        value = parser.get_parsed_content(key)
+    except Exception:  # noqa: BLE001 - any failure means: not checkable here; the run reports it later
+        return None
+    return value if isinstance(value, bool | int | float | str | list | tuple) else None
 
 
 def root_input_error(exc: BaseException) -> InputError | None:

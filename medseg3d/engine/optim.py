@@ -11,7 +11,12 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("warmup_cosine", "poly", "constant")
 
 
-def make_loss(name: str = "dice_ce", output_mode: str = "regions", class_weights: Sequence[float] | None = None):
+def make_loss(
+    name: str = "dice_ce",
+    output_mode: str = "regions",
+    class_weights: Sequence[float] | None = None,
+    batch_dice: bool = True,
+):
     """The training loss.
 
     Args:
@@ -19,6 +24,9 @@ def make_loss(name: str = "dice_ce", output_mode: str = "regions", class_weights
         output_mode: ``regions`` (one sigmoid per overlapping region; labels as one-hot regions) or
             ``labels`` (softmax over labels; labels as one channel of class indices).
         class_weights: optional weight per output channel, for rare classes.
+        batch_dice: Dice over all patches of the batch at once (nnU-Net's batch Dice), not per patch. A
+            patch without a region (most background patches) then adds to the denominator instead of
+            scoring 0 whatever the prediction, which keeps small regions (ET) from being pushed to zero.
     """
     from monai.losses import DiceCELoss, DiceFocalLoss, FocalLoss
 
@@ -30,9 +38,9 @@ def make_loss(name: str = "dice_ce", output_mode: str = "regions", class_weights
     sigmoid = output_mode == "regions"
     one_hot = {"to_onehot_y": not sigmoid}
     if name == "dice_ce":
-        return DiceCELoss(sigmoid=sigmoid, softmax=not sigmoid, weight=weight, **one_hot)
+        return DiceCELoss(sigmoid=sigmoid, softmax=not sigmoid, weight=weight, batch=batch_dice, **one_hot)
     if name == "dice_focal":
-        return DiceFocalLoss(sigmoid=sigmoid, softmax=not sigmoid, weight=weight, **one_hot)
+        return DiceFocalLoss(sigmoid=sigmoid, softmax=not sigmoid, weight=weight, batch=batch_dice, **one_hot)
     return FocalLoss(use_softmax=not sigmoid, weight=weight, **one_hot)
 
 

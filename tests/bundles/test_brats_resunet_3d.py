@@ -125,6 +125,8 @@ def _metrics_without_time(path: Path) -> list[dict[str, str]]:
         pytest.param(["--max_epochs", "2.5"], "max_epochs expects int", id="int-as-float"),
         pytest.param(["--roi_size", "5"], "roi_size expects list", id="list-as-int"),
         pytest.param(["--network_def#norm", "3"], "network_def#norm expects str", id="nested"),
+        pytest.param(["--amp", "1"], "amp expects bool", id="expression-resolving-to-bool"),
+        pytest.param(["--output_dir", "[1]"], "output_dir expects str", id="expression-resolving-to-str"),
         pytest.param(["--max_epochs"], "--KEY VALUE pairs", id="no-value"),
         pytest.param(["--dataset_dir", "/nowhere"], "/nowhere/dataset.json: not found", id="no-dataset"),
     ],

@@ -24,6 +24,19 @@ def test_losses_prefer_the_right_answer(name: str, mode: str) -> None:
     assert torch.isfinite(good) and good < bad
 
 
+@pytest.mark.parametrize("name", ["dice_ce", "dice_focal"])
+def test_batch_dice_does_not_punish_a_patch_without_the_region(name: str) -> None:
+    """Patch 0 holds the region and is predicted right; patch 1 has none and 2 false-positive voxels. Per patch,
+    patch 1 scores Dice 0 (loss 1) for 2 voxels; over the batch they are 2 voxels among 100."""
+    target = torch.zeros(2, 1, 10, 10, 10)
+    target[0, 0, :5, :5, :4] = 1
+    logits = (target * 2 - 1) * 12.0
+    logits[1, 0, 0, 0, :2] = 12.0
+    per_patch = make_loss(name, "regions", batch_dice=False)(logits, target)
+    batch = make_loss(name, "regions", batch_dice=True)(logits, target)
+    assert per_patch > 0.45 and batch < 0.05
+
+
 def test_scheduler_shapes() -> None:
     params = [torch.nn.Parameter(torch.zeros(1))]
     opt = make_optimizer(params, "adamw", lr=1.0)
