@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--folds",
         default=None,
         metavar="all|K[,K...]",
-        help="train each fold in turn (all, or a list like 0,2) and write cv_summary.csv (mean ± std)",
+        help="train each fold in turn (all, or a list like 0,2) and write cv_summary.csv (mean +- std)",
     )
     train.set_defaults(func=cmd_train)
 

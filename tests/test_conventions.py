@@ -53,3 +53,16 @@ def test_checkpoints_only_load_with_weights_only() -> None:
             if re.search(r"torch\.load\(", line) and "weights_only=True" not in line:
                 offenders.append(f"{path.relative_to(REPO)}:{number}")
     assert not offenders, f"torch.load without weights_only=True: {offenders}"
+
+
+def test_code_and_configs_are_ascii() -> None:
+    """MONAI reads bundle configs with the locale's encoding (ASCII under LANG=C, as on many clusters)."""
+    offenders = []
+    for pattern in ("**/*.py", "**/*.yaml", "**/*.json", "**/*.conf"):
+        for path in REPO.glob(pattern):
+            if ".venv" in path.parts or "demo_out" in path.parts:
+                continue
+            for number, line in enumerate(path.read_bytes().splitlines(), 1):
+                if any(byte > 127 for byte in line):
+                    offenders.append(f"{path.relative_to(REPO)}:{number}")
+    assert not offenders, f"non-ASCII characters: {offenders}"

@@ -1,4 +1,4 @@
-"""Cross-validation: train a bundle on each fold in turn, then summarise the folds (mean ± std per region).
+"""Cross-validation: train a bundle on each fold in turn, then summarise the folds (mean +- std per region).
 
 Layout of a cross-validation run (``OUT``, default ``runs/<bundle>/<timestamp>-cv``)::
 
@@ -147,5 +147,5 @@ def train_folds(
     mean, std = summary["mean"], summary["std"]
     print(f"cross-validation over folds {folds}: {out / 'cv_summary.csv'}")
     for name in mean:
-        print(f"  {name:<16} {mean[name]:.4f} ± {std[name]:.4f}")
+        print(f"  {name:<16} {mean[name]:.4f} +- {std[name]:.4f}")
     return summary

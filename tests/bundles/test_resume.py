@@ -33,7 +33,7 @@ def _metrics(run_dir: Path) -> list[dict[str, str]]:
 
 
 def _assert_same_run(a: Path, b: Path) -> None:
-    """Same weights, optimizer moments, schedule and metrics, bit for bit."""
+    """Same weights, optimizer state, schedule and metrics, bit for bit."""
     assert _metrics(a) == _metrics(b)
     for name in ("last.pt", "best.pt"):
         first, second = (load_checkpoint(run / "checkpoints" / name) for run in (a, b))
@@ -41,7 +41,8 @@ def _assert_same_run(a: Path, b: Path) -> None:
         for key, tensor in first["network"].items():
             assert torch.equal(tensor, second["network"][key]), f"{name}: {key} differs"
         states = zip(first["optimizer"]["state"].values(), second["optimizer"]["state"].values(), strict=True)
-        assert all(torch.equal(x["exp_avg"], y["exp_avg"]) for x, y in states)
+        for x, y in states:  # momentum buffers (SGD) or moments (AdamW)
+            assert x.keys() == y.keys() and all(torch.equal(torch.as_tensor(x[k]), torch.as_tensor(y[k])) for k in x)
         assert first["lr_scheduler"] == second["lr_scheduler"]
 
 

@@ -1,4 +1,4 @@
-"""Cross-validation: fold selection, the best epoch per fold, and the mean ± std summary."""
+"""Cross-validation: fold selection, the best epoch per fold, and the mean +- std summary."""
 
 from __future__ import annotations
 

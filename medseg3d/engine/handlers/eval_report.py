@@ -1,4 +1,4 @@
-"""The evaluation report: Dice per case and region (``per_case.csv``), mean ± std (``summary.json``), predictions."""
+"""The evaluation report: Dice per case and region (``per_case.csv``), mean +- std (``summary.json``), predictions."""
 
 from __future__ import annotations
 
@@ -146,5 +146,5 @@ class EvalReport:
             "info": self.info,
         }
         write_json(summary, self.output_dir / "summary.json")
-        means = ", ".join(f"{c} {s['mean']:.4f} ± {s['std']:.4f}" for c, s in summary["metrics"].items() if s["n"])
+        means = ", ".join(f"{c} {s['mean']:.4f} +- {s['std']:.4f}" for c, s in summary["metrics"].items() if s["n"])
         logger.info("evaluated %d cases: %s; report in %s", len(rows), means, self.output_dir)
