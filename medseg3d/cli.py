@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--cases", type=_positive, default=8, help="synthetic training cases (8)")
     demo.add_argument("--shape", type=_positive, nargs=3, default=[120, 120, 78], metavar=("X", "Y", "Z"))
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--epochs", type=_positive, default=20, help="training epochs (20: a few minutes on 2 CPU cores)")
+    demo.add_argument("--epochs", type=_positive, default=40, help="training epochs (40: a few minutes on 2 CPU cores)")
     demo.set_defaults(func=cmd_demo)
     return parser
 
