@@ -60,7 +60,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         runs_root = Path("runs")
         if args.bundle is not None and (runs_root / args.bundle.resolve().name).is_dir():
             runs_root = runs_root / args.bundle.resolve().name
-        run_dir = find_run(None, runs_root)
+        run_dir = find_run(None, runs_root)  # the newest run with a last.pt, checked
     else:
         run_dir = Path(args.resume)
     for cv_dir in (run_dir, run_dir.parent):

@@ -61,6 +61,16 @@ def _plain_text(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
+def training_complete(trainer: dict[str, Any], max_epochs: int | None = None) -> bool:
+    """Whether a checkpoint's ``trainer`` position has trained ``max_epochs`` (default: the run's own) epochs.
+
+    >>> training_complete({"iteration": 6, "epoch_length": 2, "max_epochs": 3}), training_complete(
+    ...     {"iteration": 6, "epoch_length": 2, "max_epochs": 3}, max_epochs=5)
+    (True, False)
+    """
+    return trainer["iteration"] >= (max_epochs or trainer["max_epochs"]) * trainer["epoch_length"]
+
+
 def save_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``checkpoint`` to ``path`` atomically: the old file stays whole until the new one is complete."""
     with atomic_path(path) as tmp:

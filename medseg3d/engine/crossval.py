@@ -88,16 +88,6 @@ def summarize(fold_dirs: Mapping[int, str | os.PathLike], out: str | os.PathLike
     return summary
 
 
-def _finished(run_dir: Path) -> bool:
-    from medseg3d.engine.checkpoint import load_checkpoint
-
-    last = run_dir / "checkpoints" / "last.pt"
-    if not last.is_file():
-        return False
-    trainer = load_checkpoint(last)["trainer"]
-    return trainer["iteration"] >= trainer["max_epochs"] * trainer["epoch_length"]
-
-
 def train_folds(
     bundle_dir: str | os.PathLike | None,
     folds_text: str,
@@ -111,6 +101,7 @@ def train_folds(
     interrupted one continues exactly from its ``last.pt`` and the rest start.
     """
     from medseg3d.engine.bundle import make_workflow, resume_workflow, run_workflow
+    from medseg3d.engine.checkpoint import load_checkpoint, training_complete
     from medseg3d.engine.datalist import read_dataset_json
 
     if resume_dir is not None:
@@ -134,8 +125,9 @@ def train_folds(
         write_json({"bundle": str(bundle_dir), "folds": folds, "overrides": overrides}, out / "cv.json")
     fold_dirs = {fold: out / f"fold_{fold}" for fold in folds}
     for fold, run_dir in fold_dirs.items():
-        if (run_dir / "checkpoints" / "last.pt").is_file():
-            if _finished(run_dir):
+        last = run_dir / "checkpoints" / "last.pt"
+        if last.is_file():
+            if training_complete(load_checkpoint(last)["trainer"], overrides.get("max_epochs")):
                 logger.info("fold %d already trained in %s", fold, run_dir)
                 continue
             logger.info("fold %d: resuming %s", fold, run_dir)

@@ -11,7 +11,13 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 
-from medseg3d.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from medseg3d.engine.checkpoint import (
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    training_complete,
+)
 from medseg3d.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -163,7 +169,7 @@ class Checkpoints:
                 "the dataset, fold or batch size changed, so it cannot continue exactly",
             )
         max_epochs = engine.state.max_epochs or position["max_epochs"]
-        if position["iteration"] >= max_epochs * position["epoch_length"]:
+        if training_complete(position, max_epochs):
             raise InputError(
                 path,
                 f"the run is complete: it trained {position['epoch']} of max_epochs={max_epochs} epochs "
