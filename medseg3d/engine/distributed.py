@@ -116,8 +116,13 @@ def init_distributed(device: torch.device | str, cpu_threads: int | None = None)
 
 
 def finalize_distributed() -> None:
-    """Leave the process group (after training), if in one."""
+    """Leave the process group (after training), if in one.
+
+    The ranks meet at a barrier first: a rank that tore its group down while rank 0 was still writing
+    its last checkpoint aborted at exit now and then (gloo: "terminate called without an active exception").
+    """
     if is_distributed():
+        dist.barrier()
         dist.destroy_process_group()
 
 
