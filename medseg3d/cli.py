@@ -71,6 +71,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_infer(args: argparse.Namespace) -> int:
+    from medseg3d.inference.bundle import infer_folder
+
+    return infer_folder(
+        args.bundle,
+        args.input,
+        args.output,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        overlap=args.overlap,
+        tta=args.tta,
+        preview=args.preview,
+        resume=args.resume,
+        overrides=args.overrides,
+    )
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from medseg3d.demo import run_demo
 
@@ -124,6 +141,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(func=cmd_train)
 
+    infer = commands.add_parser(
+        "infer",
+        help="label maps for a folder of scans, in each scan's own geometry, and summary.csv",
+        description="Run a trained bundle over every case in INPUT (NIfTI/NRRD/MHA files, DICOM series folders, "
+        "BraTS case folders) and write OUTPUT/<case_id>.nii.gz plus OUTPUT/summary.csv. A case that fails is "
+        "recorded with its reason and the others still run; the exit code is 1 when any failed. Extra "
+        "--KEY VALUE pairs override the bundle's inference config.",
+    )
+    infer.add_argument("input", type=Path, help="folder of cases (or one case)")
+    infer.add_argument("output", type=Path, help="folder for the label maps, summary.csv and previews/")
+    infer.add_argument("--bundle", type=Path, required=True, help="the bundle folder (holds configs/)")
+    infer.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="weights: a run's checkpoints/best.pt or a bare state dict (default: the bundle's models/model.pt, "
+        "else best.pt of the newest run under ./runs/<bundle name>)",
+    )
+    infer.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when present")
+    infer.add_argument("--overlap", type=float, default=None, help="sliding-window overlap, 0 <= F < 1 (0.5)")
+    infer.add_argument("--tta", action="store_true", help="average over mirrored copies (8x the time in 3D)")
+    infer.add_argument("--preview", action="store_true", help="previews/<case_id>.png with the labels overlaid")
+    infer.add_argument("--resume", action="store_true", help="skip the cases whose label map already exists")
+    infer.set_defaults(func=cmd_infer)
+
     demo = commands.add_parser("demo", help="the whole pipeline end to end on synthetic data")
     demo.add_argument("--out", type=Path, default=Path("demo_out"), help="working folder (demo_out)")
     demo.add_argument("--cases", type=_positive, default=8, help="synthetic training cases (8)")
@@ -137,10 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``medseg3d`` console script."""
     parser = build_parser()
-    # Only `train` takes free --KEY VALUE pairs (bundle overrides, checked against the config later);
-    # anywhere else an unknown flag is an error, never silently ignored.
+    # Only `train` and `infer` take free --KEY VALUE pairs (bundle overrides, checked against the config
+    # later); anywhere else an unknown flag is an error, never silently ignored.
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "train":
+    if extra and args.command not in ("train", "infer"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = extra
     try:

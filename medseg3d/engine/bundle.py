@@ -20,6 +20,7 @@ from medseg3d.errors import InputError
 WORKFLOWS = {
     "train": (("common.yaml", "train.yaml"), "train"),
     "evaluate": (("common.yaml", "train.yaml", "evaluate.yaml"), "eval"),
+    "inference": (("common.yaml", "inference.yaml"), "infer"),
 }
 _EXPRESSION_PREFIXES = ("$", "@", "%")
 

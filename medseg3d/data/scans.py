@@ -1,0 +1,576 @@
+"""Scans of a batch-inference input: finding them, reading them, writing labels in their exact geometry.
+
+An INPUT folder holds cases: image files (NIfTI, NRRD, MHA/MHD), DICOM series folders (nested patient/study/series
+trees too, several series per folder allowed) and, for four-modality models, BraTS case folders or 4-channel NIfTI
+files. :func:`find_scans` turns every entry into a :class:`ScanCase` (a bad entry carries its ``problem`` so that it
+is reported, never skipped), :func:`read_scan` reads one into a :class:`Scan` (float32, (C, X, Y, Z) in the file's
+own index order, voxel -> RAS affine) and :func:`write_label` writes a label map of that grid so that it lies voxel
+for voxel on the input: same shape, same affine, same orientation, whether the input is LPS, RAS or oblique.
+The on-disk rules are in ``docs/inference.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+
+from medseg3d.constants import MODALITIES, MODALITY_ALIASES, NIFTI_EXTENSIONS, SEG_ALIASES
+from medseg3d.data.brats import _pair_folder, detect_edition, edition_of_case_id, is_nifti, modality_token, safe_case_id
+from medseg3d.data.io import atomic_path, save_nifti
+from medseg3d.data.volumes import check_same_grid
+from medseg3d.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (*NIFTI_EXTENSIONS, ".nrrd", ".nhdr", ".mha", ".mhd")
+DICOM_EXTENSIONS: tuple[str, ...] = (".dcm", ".dicom", ".ima")
+EXPECTS: tuple[str, ...] = ("image", "brats")
+MIN_VOXELS = 2  # along every axis; a single slice is not a volume
+# A DICOM slice may sit this far from where the regular grid ITK builds puts it: 1% of the slice spacing, at least
+# 0.01 mm (IPP is written with a few decimals). Further off is a missing slice, a gantry tilt or a mixed series.
+SLICE_POSITION_TOLERANCE = 0.01
+SLICE_POSITION_TOLERANCE_MM = 0.01
+NOT_AN_IMAGE = "not an image file (expected .nii/.nii.gz/.nrrd/.mha/.mhd or a DICOM series folder)"
+NOT_A_BRATS_INPUT = "not a BraTS input (expected a case folder of four NIfTI modality files or a 4-channel NIfTI file)"
+_MODALITY_TOKENS = frozenset(alias for aliases in MODALITY_ALIASES.values() for alias in aliases)
+_SEG_TOKENS = frozenset(SEG_ALIASES)
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class ScanCase:
+    """One case of a batch, as found on disk (nothing read yet).
+
+    Attributes:
+        case_id: unique in the batch and a plain file name: the file stem, the folder name, or
+            ``<folder>_<n>`` (n = 1, 2, ...) when one folder holds several DICOM series.
+        kind: ``"image"`` (one single-channel image file), ``"brats"`` (four modality files, or one 4-channel
+            NIfTI file) or ``"dicom"`` (one DICOM series).
+        source: what the user gave: the file or the (top) folder.
+        files: image files; brats: in ``MODALITIES`` order (t1, t1ce, t2, flair); dicom: slice files in slice order.
+        series_uid: the DICOM SeriesInstanceUID; None when missing or empty, and for other kinds.
+        edition: brats only: the BraTS edition its file names follow (``"2021"``, ``"2023"``...), None if unknown.
+        problem: why the case cannot be read, when discovery already knows; None otherwise.
+    """
+
+    case_id: str
+    kind: str
+    source: Path
+    files: tuple[Path, ...] = ()
+    series_uid: str | None = None
+    edition: str | None = None
+    problem: str | None = None
+
+
+@dataclass
+class Scan:
+    """A case read into memory.
+
+    Attributes:
+        case: the case read.
+        array: float32 of shape (C, X, Y, Z) in the file's index order (C = 1, or 4 for brats in MODALITIES order);
+            each channel is Fortran-ordered in memory, as NIfTI and ITK store voxels (``np.ascontiguousarray``
+            where C order is needed).
+        affine: float64 (4, 4) voxel index (i, j, k) -> RAS mm, nibabel's convention.
+        spacing: voxel size (mm) along i, j, k.
+    """
+
+    case: ScanCase
+    array: np.ndarray
+    affine: np.ndarray
+    spacing: tuple[float, float, float]
+    # The NIfTI header of the (first) source file, so a label map gets the same sform/qform codes and values.
+    _nifti_header: nib.Nifti1Header | None = field(default=None, repr=False)
+
+    @property
+    def spatial_shape(self) -> tuple[int, int, int]:
+        """(X, Y, Z) of the scan."""
+        return tuple(int(n) for n in self.array.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def axcodes(self) -> tuple[str, str, str]:
+        """Orientation codes of the index axes, e.g. ``("L", "P", "S")`` for DICOM/ITK's usual grid."""
+        return nib.aff2axcodes(self.affine)
+
+
+# ---------------------------------------------------------------------------------------------------------- discovery
+
+
+def _image_extension(path: Path) -> str | None:
+    name = path.name.lower()
+    return next((ext for ext in IMAGE_EXTENSIONS if name.endswith(ext)), None)
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    """Cheap pre-check before GDCM: the 'DICM' magic at byte 128, a DICOM extension, or a bare tag stream."""
+    if path.name.upper() == "DICOMDIR" or _image_extension(path):
+        return False  # DICOMDIR indexes a media folder and holds no pixels
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    # Files without the 128-byte preamble (old exports) start with a group 0002 or 0008 tag.
+    return head[128:132] == b"DICM" or path.suffix.lower() in DICOM_EXTENSIONS or head[:2] in (b"\x02\x00", b"\x08\x00")
+
+
+def _companions(header: Path) -> set[Path]:
+    """Data files named by a detached header (.mhd ElementDataFile, .nhdr data file): part of that image."""
+    if header.suffix.lower() not in (".mhd", ".nhdr"):
+        return set()
+    try:
+        text = header.read_bytes()[:65536].decode("latin-1")
+    except OSError:
+        return set()
+    names = re.findall(r"^\s*(?:ElementDataFile\s*=|data\s?file\s*:)\s*(\S+)\s*$", text, re.MULTILINE | re.IGNORECASE)
+    return {header.parent / name for name in names if name.upper() not in ("LOCAL", "LIST")}
+
+
+class _Excluder:
+    """Skips hidden entries and the excluded paths (e.g. the OUTPUT folder lying inside INPUT)."""
+
+    def __init__(self, exclude: Sequence[os.PathLike | str]) -> None:
+        self.paths = [Path(p).resolve() for p in exclude]
+
+    def __call__(self, path: Path) -> bool:
+        if path.name.startswith("."):
+            return True
+        resolved = path.resolve()
+        return any(resolved == p or resolved.is_relative_to(p) for p in self.paths)
+
+
+def _walk(top: Path, skip: _Excluder) -> Iterator[tuple[Path, list[Path]]]:
+    """(folder, sorted files) for ``top`` and every folder below it, hidden and excluded ones pruned."""
+    for dirpath, dirnames, filenames in os.walk(top):
+        folder = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not skip(folder / d))
+        yield folder, sorted(folder / n for n in filenames if not skip(folder / n) and (folder / n).is_file())
+
+
+def _gdcm_series(folder: Path, files: list[Path]) -> tuple[list[tuple[str | None, tuple[Path, ...]]], list[Path]]:
+    """DICOM series directly in ``folder`` as (uid or None, ordered files), and the DICOM-like files in none.
+
+    GDCM groups by SeriesInstanceUID (missing and empty UIDs form the series ``""``) and orders each series by
+    ImagePositionPatient along the slice normal, falling back to InstanceNumber.
+    """
+    candidates = [f for f in files if _looks_like_dicom(f)]
+    if not candidates:
+        return [], []
+    series = []
+    listed = set(files)
+    for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)):
+        names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+        paths = tuple(Path(n) for n in names if Path(n) in listed)
+        if paths:
+            series.append((uid.strip() or None, paths))
+    used = {p for _, paths in series for p in paths}
+    series.sort(key=lambda s: (s[0] or "", s[1][0].name))
+    return series, [f for f in candidates if f not in used]
+
+
+def _series_cases(
+    source: Path, base_id: str, found: list[tuple[str | None, tuple[Path, ...], str | None]]
+) -> list[ScanCase]:
+    """One case per (uid, files, problem) of ``found``; ids ``base_id``, or ``base_id_<n>`` when there are several."""
+    many = len(found) > 1
+    return [
+        ScanCase(f"{base_id}_{n}" if many else base_id, "dicom", source, paths, uid, problem=problem)
+        for n, (uid, paths, problem) in enumerate(found, start=1)
+    ]
+
+
+def _dicom_cases(source: Path, base_id: str, folders: list[tuple[Path, list[Path]]]) -> list[ScanCase]:
+    """The DICOM series of ``folders`` (``source`` and the folders below it), one case each."""
+    found: list[tuple[str | None, tuple[Path, ...], str | None]] = []
+    for folder, files in folders:
+        series, orphans = _gdcm_series(folder, files)
+        found.extend((uid, paths, None) for uid, paths in series)
+        if orphans and not series:
+            names = ", ".join(f.name for f in orphans[:3]) + (", ..." if len(orphans) > 3 else "")
+            problem = f"DICOM-like files that GDCM cannot read in {folder.name}/ ({names}); expected DICOM slices"
+            found.append((None, tuple(orphans), problem))
+        elif orphans:
+            logger.info("%s: ignored files outside every DICOM series: %s", folder, ", ".join(f.name for f in orphans))
+    return _series_cases(source, base_id, found)
+
+
+def _brats_folder_case(source: Path, folder: Path, niftis: list[Path]) -> ScanCase:
+    """The BraTS case held by ``folder`` (files paired by modality token, as prep_brats does)."""
+    raw = _pair_folder(folder, niftis)
+    found = tuple(raw.images[key] for key in MODALITIES if key in raw.images)
+    if raw.problems:
+        problem = (
+            f"a BraTS case folder needs 4 modality files (t1, t1ce, t2, flair), found {len(found)}: "
+            f"{', '.join(f.name for f in found) or 'none'}; " + "; ".join(raw.problems)
+        )
+        return ScanCase(raw.case_id, "brats", source, found, edition=raw.edition, problem=problem)
+    edition = detect_edition([raw]).name  # names without an edition's prefix: the 0/1/2/4 labels, with a warning
+    return ScanCase(raw.case_id, "brats", source, found, edition=edition)
+
+
+def _modality_files(files: list[Path]) -> tuple[list[Path], bool]:
+    """NIfTI files named like a BraTS modality or segmentation (``_t1ce.nii.gz``, ``-seg.nii.gz``), and whether
+    any is a modality (then their folder is a case folder)."""
+    tokens = [(f, modality_token(f)[1].lower()) for f in files if is_nifti(f)]
+    named = [f for f, token in tokens if token in _MODALITY_TOKENS or token in _SEG_TOKENS]
+    return named, any(token in _MODALITY_TOKENS for _, token in tokens)
+
+
+def _file_case(path: Path, expect: str) -> ScanCase:
+    """A case for one file given directly (an entry of INPUT, or INPUT itself)."""
+    extension = _image_extension(path)
+    stem = path.name[: -len(extension)] if extension else path.name
+    if expect == "brats":
+        if extension in NIFTI_EXTENSIONS:
+            return ScanCase(safe_case_id(stem), "brats", path, (path,), edition=edition_of_case_id(stem))
+        return ScanCase(safe_case_id(path.name), "brats", path, problem=NOT_A_BRATS_INPUT)
+    if extension:
+        return ScanCase(safe_case_id(stem), "image", path, (path,))
+    if _looks_like_dicom(path):  # one file: a multi-frame DICOM (a single slice fails as too small)
+        return ScanCase(safe_case_id(path.name), "dicom", path, (path,))
+    return ScanCase(safe_case_id(path.name), "image", path, problem=NOT_AN_IMAGE)
+
+
+def _folder_cases(entry: Path, expect: str, skip: _Excluder) -> list[ScanCase]:
+    """Every case under the folder ``entry`` of INPUT (recursively); one problem case if there is none."""
+    base_id = safe_case_id(entry.name)
+    tree = list(_walk(entry, skip))
+    if expect == "image":
+        cases = _dicom_cases(entry, base_id, tree)
+        hint = ""
+        if any(is_nifti(f) for _, files in tree for f in files):
+            hint = "; it holds NIfTI files: put image files directly in INPUT (BraTS case folders need a BraTS model)"
+        problem = f"no DICOM series found in this folder or below it (expected DICOM slice files){hint}"
+    else:
+        cases = []
+        for folder, files in tree:
+            modality, is_case = _modality_files(files)
+            if is_case:
+                cases.append(_brats_folder_case(entry, folder, modality))
+            else:  # e.g. a prepared imagesTs/ folder: 4-channel files; segmentations are not inputs
+                cases += [_file_case(f, expect) for f in files if is_nifti(f) and f not in modality]
+        problem = f"no BraTS case found in this folder or below it; {NOT_A_BRATS_INPUT}"
+    return cases or [ScanCase(base_id, "dicom" if expect == "image" else "brats", entry, problem=problem)]
+
+
+def _make_ids_unique(cases: list[ScanCase]) -> list[ScanCase]:
+    """Give repeated ids (compared case-insensitively, as on macOS and Windows) a ``__2``, ``__3``... suffix.
+
+    Within a group the readable cases come first, then by source path, so the first keeps its id.
+    """
+    groups: dict[str, list[ScanCase]] = {}
+    for case in cases:
+        groups.setdefault(case.case_id.casefold(), []).append(case)
+    taken = set(groups)
+    result = []
+    for group in groups.values():
+        group.sort(key=lambda c: (c.problem is not None, str(c.source), [str(f) for f in c.files]))
+        result.append(group[0])
+        n = 2
+        for case in group[1:]:
+            while f"{case.case_id}__{n}".casefold() in taken:
+                n += 1
+            taken.add(f"{case.case_id}__{n}".casefold())
+            result.append(dataclasses.replace(case, case_id=f"{case.case_id}__{n}"))
+    return result
+
+
+def find_scans(input_dir: Path, expect: str = "image", exclude: Sequence[Path] = ()) -> list[ScanCase]:
+    """Every case of a batch-inference input, sorted by case id.
+
+    Args:
+        input_dir: a folder of cases, or one case (an image file, a DICOM series folder, a BraTS case folder).
+        expect: ``"image"`` for single-channel models (image files and DICOM series) or ``"brats"`` for
+            four-modality models (BraTS case folders of any edition, 4-channel NIfTI files with channels last).
+        exclude: paths to leave out, with everything below them (the OUTPUT folder when it lies inside INPUT).
+            Hidden files and folders are always left out.
+
+    Returns:
+        One ``ScanCase`` per case; entries of ``input_dir`` that are no case come back with ``problem`` set.
+
+    Raises:
+        InputError: ``input_dir`` does not exist or holds nothing to read.
+        ValueError: an unknown ``expect``.
+    """
+    if expect not in EXPECTS:
+        raise ValueError(f"expect must be one of {', '.join(EXPECTS)}, got {expect!r}")
+    input_dir = Path(input_dir)
+    if not input_dir.exists():
+        raise InputError(input_dir, "not found; expected a folder of scans or one scan")
+    if input_dir.is_file():
+        return [_file_case(input_dir, expect)]
+    skip = _Excluder(exclude)
+    entries = sorted(p for p in input_dir.iterdir() if not skip(p))
+    files = [p for p in entries if p.is_file()]
+    cases: list[ScanCase] = []
+    # INPUT may itself be one case (a series folder, a BraTS case folder); then the other loose files in it are
+    # ignored, as inside any case folder (DICOMDIR, a README, a segmentation), except image files in image mode.
+    unreadable: list[Path] = []
+    if expect == "image":
+        series, unreadable = _gdcm_series(input_dir, files)
+        own_case = bool(series)
+        cases += _series_cases(input_dir, safe_case_id(input_dir.name), [(uid, p, None) for uid, p in series])
+    else:
+        modality, own_case = _modality_files(files)
+        if own_case:
+            cases.append(_brats_folder_case(input_dir, input_dir, modality))
+    used = {f for case in cases for f in case.files}
+    companions = set().union(*(_companions(f) for f in files))
+    for entry in entries:
+        if entry.is_dir():
+            cases += _folder_cases(entry, expect, skip)
+        elif entry in used or entry in companions:
+            continue
+        elif own_case and (expect == "brats" or not _image_extension(entry)):
+            logger.info("%s: ignored (not an image, beside the case in %s)", entry.name, input_dir)
+        elif entry in unreadable:
+            problem = "not a readable DICOM file (GDCM cannot parse it); expected a DICOM slice"
+            cases.append(ScanCase(safe_case_id(entry.name), "dicom", entry, (entry,), problem=problem))
+        else:
+            cases.append(_file_case(entry, expect))
+    if not cases:
+        raise InputError(input_dir, "no scan found: the folder is empty (hidden and excluded entries aside)")
+    return sorted(_make_ids_unique(cases), key=lambda c: (c.case_id, str(c.source)))
+
+
+# ------------------------------------------------------------------------------------------------------------ reading
+
+
+def _load_nifti(path: Path, channels: int) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """(image, float32 data of shape (X, Y, Z, channels)); every failure an ``InputError`` naming ``path``."""
+    try:
+        image = nib.load(os.fspath(path))
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    except Exception as exc:  # nibabel raises many types for bad headers or non-NIfTI bytes
+        raise InputError(path, f"cannot read as NIfTI ({type(exc).__name__}: {exc})") from None
+    shape = tuple(int(n) for n in image.shape)
+    # Checked on the header, before a (possibly large) 4D series is read in vain; size-1 axes after Z are dropped.
+    if len(shape) < 3 or tuple(n for n in shape[3:] if n != 1) != ((channels,) if channels > 1 else ()):
+        expected = "a 3D volume (X, Y, Z)" if channels == 1 else f"a {channels}-channel image (X, Y, Z, {channels})"
+        raise InputError(path, f"expected {expected}, got shape {shape}")
+    try:
+        data = np.asarray(image.dataobj, dtype=np.float32)
+    except Exception as exc:  # truncated gzip, short file: zlib.error, EOFError, OSError, ValueError
+        raise InputError(path, f"cannot read the voxel data, the file is damaged or truncated ({exc})") from None
+    return image, data.reshape(*shape[:3], channels)
+
+
+def _check_voxels(path: Path, array: np.ndarray) -> None:
+    """Raise ``InputError`` for a too small (C, X, Y, Z) array, NaN/Inf voxels or a constant channel."""
+    if min(array.shape[1:]) < MIN_VOXELS:
+        raise InputError(path, f"image too small: shape {array.shape[1:]}; expected at least {MIN_VOXELS} voxels "
+                         "along every axis")  # fmt: skip
+    # Channel by channel: reshaping a Fortran-ordered array would copy it. NaN and Inf propagate to min/max.
+    lows, highs = np.array([channel.min() for channel in array]), np.array([channel.max() for channel in array])
+    if not (np.all(np.isfinite(lows)) and np.all(np.isfinite(highs))):
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        raise InputError(path, f"{bad} voxels are NaN or Inf; expected finite values")
+    for c in np.flatnonzero(lows == highs):
+        which = f"channel {c} of the image" if len(array) > 1 else "the image"
+        raise InputError(path, f"{which} is constant (every voxel is {float(lows[c]):g}); expected a scan")
+
+
+def _check_affine(path: Path, affine: np.ndarray) -> None:
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise InputError(path, "the header's voxel-to-world matrix is singular or not finite; expected a valid affine")
+
+
+def _read_nifti_case(case: ScanCase) -> Scan:
+    """image (3D NIfTI), brats (four 3D NIfTI files, or one 4-channel file)."""
+    # NIfTI data is Fortran-ordered; channels-first views of it (no transposing copy) keep reading fast.
+    if len(case.files) == 1:
+        image, data = _load_nifti(case.files[0], len(MODALITIES) if case.kind == "brats" else 1)
+        array, images = np.moveaxis(data, -1, 0), [image]
+    else:
+        images, array = [], None
+        for c, path in enumerate(case.files):
+            image, data = _load_nifti(path, 1)
+            if array is None:
+                array = np.moveaxis(np.empty((*data.shape[:3], len(case.files)), np.float32, order="F"), -1, 0)
+            else:
+                check_same_grid(path, data.shape[:3], image.affine, case.files[0], array.shape[1:], images[0].affine)
+            images.append(image)
+            array[c] = data[..., 0]
+    affine = np.asarray(images[0].affine, dtype=np.float64)
+    _check_affine(case.files[0], affine)
+    if len(case.files) == 1:
+        _check_voxels(case.files[0], array)
+    else:  # one file per channel: name the file at fault
+        for c, path in enumerate(case.files):
+            _check_voxels(path, array[c : c + 1])
+    return Scan(case, array, affine, _spacing(affine), _nifti_header=images[0].header.copy())
+
+
+def _spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    return tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))  # type: ignore[return-value]
+
+
+def _sitk_affine(image: sitk.Image) -> np.ndarray:
+    """Voxel -> RAS (4, 4) of an ITK image (whose origin and direction are LPS)."""
+    affine = np.eye(4)
+    affine[:3, :3] = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3) * np.asarray(image.GetSpacing())
+    affine[:3, 3] = image.GetOrigin()
+    return _LPS_TO_RAS @ affine
+
+
+def _sitk_array(path: Path, image: sitk.Image) -> np.ndarray:
+    """float32 (1, X, Y, Z) of a scalar 3D ITK image (a trailing 4th axis of size 1 dropped)."""
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(path, f"expected a single-channel image, got {image.GetNumberOfComponentsPerPixel()} "
+                         "components per voxel")  # fmt: skip
+    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+        image = image[:, :, :, 0]
+    if image.GetDimension() != 3:
+        raise InputError(path, f"expected a 3D volume (X, Y, Z), got a {image.GetDimension()}D image of size "
+                         f"{image.GetSize()}")  # fmt: skip
+    # (Z, Y, X) C-order is (X, Y, Z) Fortran-order: transposing the view and converting in memory order is one
+    # sequential copy, where a C-order (X, Y, Z) copy would be a slow strided transpose.
+    return sitk.GetArrayViewFromImage(image).transpose(2, 1, 0).astype(np.float32)[None]
+
+
+def _check_slice_positions(case: ScanCase, reader: sitk.ImageSeriesReader, image: sitk.Image) -> None:
+    """Raise ``InputError`` unless every slice lies where ITK's regular grid puts it (within the tolerance).
+
+    ITK builds the grid from the first and last ImagePositionPatient; a missing slice, uneven spacing, a gantry
+    tilt or two acquisitions in one series would make every written label drift off its slice, so they are errors.
+    """
+    files = case.files
+    if len(files) < 2 or image.GetDimension() != 3 or image.GetSize()[2] != len(files):
+        return
+    try:
+        positions = np.array([[float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")]
+                              for i in range(len(files))])  # fmt: skip
+    except (RuntimeError, ValueError):
+        logger.warning("%s: some slices have no readable ImagePositionPatient; geometry as ITK reads it", case.source)
+        return
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    spacing = image.GetSpacing()[2]
+    expected = np.asarray(image.GetOrigin()) + np.arange(len(files))[:, None] * spacing * direction[:, 2]
+    errors = np.linalg.norm(positions - expected, axis=1)
+    worst = int(np.argmax(errors))
+    if errors[worst] > max(SLICE_POSITION_TOLERANCE_MM, SLICE_POSITION_TOLERANCE * spacing):
+        gaps = np.diff(positions @ direction[:, 2])
+        raise InputError(
+            case.source,
+            f"slices are not evenly spaced: {files[worst].name} lies {errors[worst]:.3g} mm off the regular grid of "
+            f"{spacing:.4g} mm slices (gaps from {gaps.min():.4g} to {gaps.max():.4g} mm); expected a complete "
+            "series of evenly spaced, parallel slices (a missing slice, a gantry tilt, or two acquisitions in one "
+            "series?)",
+        )
+
+
+def _read_sitk_case(case: ScanCase) -> Scan:
+    """image (NRRD/MHA/MHD via ITK), dicom (a series via GDCM, compressed transfer syntaxes included)."""
+    path = case.source if case.kind == "dicom" else case.files[0]
+    try:
+        if case.kind == "dicom":
+            reader = sitk.ImageSeriesReader()
+            reader.SetImageIO("GDCMImageIO")
+            reader.SetFileNames([str(f) for f in case.files])
+            reader.MetaDataDictionaryArrayUpdateOn()
+            image = reader.Execute()
+        else:
+            image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        what = "a DICOM series" if case.kind == "dicom" else "an image"
+        message = str(exc).strip().splitlines()
+        raise InputError(path, f"cannot read as {what} ({message[-1] if message else exc})") from None
+    array = _sitk_array(path, image)
+    if case.kind == "dicom":
+        _check_slice_positions(case, reader, image)
+    affine = _sitk_affine(image)
+    _check_affine(path, affine)
+    _check_voxels(path, array)
+    return Scan(case, array, affine, _spacing(affine))
+
+
+def read_scan(case: ScanCase) -> Scan:
+    """Read one case: NIfTI through nibabel (the header's affine exactly), everything else through SimpleITK.
+
+    Returns:
+        A ``Scan`` with ``array`` float32 (C, X, Y, Z) in the file's index order: C = 1 for image and dicom cases,
+        4 (t1, t1ce, t2, flair) for brats cases.
+
+    Raises:
+        InputError: naming the file (or series folder) and what was expected: ``case.problem``; an unreadable,
+            corrupt or truncated file; a 4D image where 3D was expected or the wrong number of channels; fewer than
+            2 voxels along an axis; BraTS modalities on different grids; NaN/Inf or constant voxels; a DICOM series
+            whose slices are not evenly spaced.
+    """
+    if case.problem is not None:
+        raise InputError(case.source, case.problem)
+    if not case.files:
+        raise InputError(case.source, "no image file in this case")
+    missing = next((f for f in case.files if not f.is_file()), None)
+    if missing is not None:
+        raise InputError(missing, "file not found")
+    if case.kind == "brats" or (case.kind == "image" and _image_extension(case.files[0]) in NIFTI_EXTENSIONS):
+        return _read_nifti_case(case)
+    return _read_sitk_case(case)
+
+
+# ------------------------------------------------------------------------------------------------------------ writing
+
+
+def _label_dtype(labels: np.ndarray) -> type:
+    if labels.dtype.kind == "b":
+        return np.uint8
+    if labels.dtype.kind == "f":
+        if not np.all(np.isfinite(labels)) or not np.array_equal(labels, np.round(labels)):
+            raise ValueError("labels must be integers; got non-integer float values")
+    elif labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    low, high = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
+    if 0 <= low and high <= 255:
+        return np.uint8
+    if np.iinfo(np.int16).min <= low and high <= np.iinfo(np.int16).max:
+        return np.int16
+    raise ValueError(f"label values {low}..{high} do not fit in int16")
+
+
+def write_label(labels: np.ndarray, scan: Scan, path: Path) -> Path:
+    """Write a label map of ``scan``'s grid to ``path`` (``.nii.gz``), atomically, in exactly the input geometry.
+
+    NIfTI inputs: the source header is copied, so the affine is bit-identical and the sform/qform codes are the
+    source's; intensity fields (scaling, display range) are reset and the intent is set to "label". ITK inputs
+    (DICOM, NRRD, MHA): the scan's affine (the input's origin, spacing and direction, converted to RAS) with sform
+    and qform code 1 (scanner), equal to the input's to float32 precision.
+
+    Args:
+        labels: integer (or bool) array of shape (X, Y, Z) in the scan's index order; stored as uint8 when the
+            values fit, else int16.
+        scan: the scan the labels belong to.
+        path: the output file.
+
+    Raises:
+        ValueError: ``labels`` has another shape than the scan, non-integer values, or values beyond int16.
+    """
+    labels = np.asarray(labels)
+    if labels.shape != scan.spatial_shape:
+        raise ValueError(f"labels of shape {labels.shape} do not match the scan's spatial shape {scan.spatial_shape}")
+    dtype = _label_dtype(labels)
+    data = labels.astype(dtype, copy=False)
+    if scan._nifti_header is None:
+        return save_nifti(data, scan.affine, path)
+    header = scan._nifti_header.copy()
+    header.set_data_dtype(dtype)
+    header.set_slope_inter(1.0, 0.0)
+    header["cal_min"], header["cal_max"] = 0.0, 0.0
+    header.set_intent("label")
+    # affine=None keeps the header's sform and qform (matrices and codes) exactly as the source stored them; a
+    # NIfTI-2 source stays NIfTI-2, whose float64 matrices NIfTI-1 could not hold exactly.
+    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    image = image_class(data, None, header=header)
+    with atomic_path(path) as tmp:
+        nib.save(image, tmp)
+    return Path(path)

@@ -1,0 +1,1 @@
+"""Fast sliding-window inference, postprocessing and batch inference over a folder."""

@@ -1,0 +1,299 @@
+"""Batch inference over a folder: every case in, a label map per case out, and ``summary.csv`` -- never stopped
+by one bad case.
+
+The model is loaded once. While one case runs, a thread reads the next (I/O and decompression overlap the
+network). Each case's failure (unreadable file, wrong number of modalities, image too small, out of
+memory) becomes a ``failed`` row with its reason, and the next case runs. Outputs and ``summary.csv`` are
+written to a temporary file and renamed, and ``summary.csv`` is rewritten after every case, so an
+interrupted batch leaves only whole files, and ``resume`` skips the cases whose label map exists.
+
+Under ``torchrun`` each rank takes every WORLD_SIZE-th case; rank 0 merges the ranks' rows into one
+``summary.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg3d.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+SUMMARY = "summary.csv"
+BASE_COLUMNS = ("case_id", "input", "status", "error", "seconds")
+
+
+def output_path(output_dir: str | os.PathLike, case_id: str) -> Path:
+    """Where the label map of ``case_id`` goes.
+
+    >>> output_path("out", "BraTS2021_00001").as_posix()
+    'out/BraTS2021_00001.nii.gz'
+    """
+    return Path(output_dir) / f"{case_id}.nii.gz"
+
+
+def label_volumes(labels: np.ndarray, spacing: Sequence[float], names: Mapping[str, int]) -> dict[str, Any]:
+    """Voxels and millilitres of each named label value in ``labels`` (shape (X, Y, Z)), ``spacing`` in mm.
+
+    >>> label_volumes(np.array([[[0, 2, 2]]]), (1.0, 2.0, 5.0), {"ED": 2, "ET": 4})
+    {'ED_voxels': 2, 'ED_ml': 0.02, 'ET_voxels': 0, 'ET_ml': 0.0}
+    """
+    counts = np.bincount(labels.ravel().astype(np.int64), minlength=max(names.values(), default=0) + 1)
+    ml_per_voxel = float(np.prod(spacing)) / 1000.0
+    row: dict[str, Any] = {}
+    for name, value in names.items():
+        voxels = int(counts[value]) if value < len(counts) else 0
+        row[f"{name}_voxels"] = voxels
+        row[f"{name}_ml"] = round(voxels * ml_per_voxel, 4)
+    return row
+
+
+def _error_text(exc: BaseException) -> str:
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return f"out of memory: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    if isinstance(exc, InputError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+class BatchRunner:
+    """Run a ``Predictor`` over every case of ``input_dir`` and write ``output_dir``.
+
+    Args:
+        predictor: ``predictor(array (C, X, Y, Z), affine (4, 4)) -> prepared labels (X, Y, Z)``.
+        input_dir: a folder of cases (or one case); see ``medseg3d.data.scans.find_scans``.
+        output_dir: ``<case_id>.nii.gz`` label maps, ``summary.csv``, ``previews/`` (created).
+        expect: what a case is: ``brats`` (four MRI modalities) or ``image`` (one scan: CT).
+        label_names: prepared label name -> value, the labels counted in ``summary.csv`` (background left out).
+        output_labels: how prepared labels are written: ``brats`` (each case's edition convention:
+            0/1/2/4 for 2019-2021, 0/1/2/3 for 2023; 2021 when the names do not tell), or a mapping
+            prepared value -> written value (missing values unchanged); None writes them as they are.
+        resume: skip the cases whose label map already exists.
+        preview: write ``previews/<case_id>.png`` (three orthogonal slices, label overlay).
+        progress: show a progress bar with each case's seconds.
+    """
+
+    def __init__(
+        self,
+        predictor: Any,
+        input_dir: str | os.PathLike,
+        output_dir: str | os.PathLike,
+        expect: str = "image",
+        label_names: Mapping[str, int] | None = None,
+        output_labels: str | Mapping[int, int] | None = None,
+        resume: bool = False,
+        preview: bool = False,
+        progress: bool = True,
+    ) -> None:
+        if expect not in ("image", "brats"):
+            raise ValueError(f"expect must be 'image' or 'brats', got {expect!r}")
+        if isinstance(output_labels, str) and output_labels != "brats":
+            raise ValueError(f"output_labels must be 'brats', a mapping or None, got {output_labels!r}")
+        self.predictor = predictor
+        self.input_dir = Path(input_dir)
+        self.output_dir = Path(output_dir)
+        self.expect = expect
+        self.label_names = {k: int(v) for k, v in (label_names or {}).items() if int(v) != 0}
+        self.output_labels = output_labels
+        self.resume = bool(resume)
+        self.preview = bool(preview)
+        self.progress = progress
+        self.rows: list[dict[str, Any]] = []
+
+    # -- labels ---------------------------------------------------------------------------------------------
+    def _written_labels(self, case: Any) -> dict[str, int]:
+        """Name -> value as written for ``case`` (the summary counts written values)."""
+        mapping = self._mapping(case)
+        return {name: mapping.get(value, value) for name, value in self.label_names.items()}
+
+    def _mapping(self, case: Any) -> dict[int, int]:
+        if self.output_labels is None:
+            return {}
+        if self.output_labels == "brats":
+            from medseg3d.constants import EDITIONS
+
+            return EDITIONS[getattr(case, "edition", None) or "2021"].to_source
+        return {int(k): int(v) for k, v in self.output_labels.items()}
+
+    def _to_output(self, labels: np.ndarray, case: Any) -> np.ndarray:
+        mapping = {k: v for k, v in self._mapping(case).items() if k != v}
+        if not mapping:
+            return labels
+        lut = np.arange(max(256, int(labels.max()) + 1), dtype=np.int32)
+        for prepared, written in mapping.items():
+            lut[prepared] = written
+        out = lut[labels]
+        return out.astype(np.uint8 if out.max(initial=0) < 256 else np.int16)
+
+    # -- one case -------------------------------------------------------------------------------------------
+    def _skip_row(self, case: Any, path: Path) -> dict[str, Any]:
+        import nibabel as nib
+
+        row: dict[str, Any] = {"status": "skipped", "error": "output exists (resume)"}
+        try:
+            image = nib.load(str(path))
+            labels = np.asarray(image.dataobj).astype(np.int64)
+            row.update(label_volumes(labels, image.header.get_zooms()[:3], self._written_labels(case)))
+        except Exception as exc:  # a damaged earlier output is reported, not trusted
+            row.update(status="failed", error=f"existing output unreadable ({exc}); delete it to redo the case")
+        return row
+
+    def _run_case(self, case: Any, scan_future: Future) -> dict[str, Any]:
+        from medseg3d.data.scans import write_label
+
+        start = time.perf_counter()
+        scan = scan_future.result()  # raises the reading error of this case
+        labels = self.predictor(scan.array, scan.affine)
+        written = self._to_output(labels, case)
+        write_label(written, scan, output_path(self.output_dir, case.case_id))
+        row: dict[str, Any] = {"status": "ok", "error": ""}
+        row.update(label_volumes(written, scan.spacing, self._written_labels(case)))
+        if self.preview:
+            from medseg3d.inference.preview import save_preview
+
+            save_preview(scan.array, labels, self.output_dir / "previews" / f"{case.case_id}.png", case.case_id)
+        row["seconds"] = round(time.perf_counter() - start, 2)
+        return row
+
+    # -- the batch ------------------------------------------------------------------------------------------
+    def cases(self) -> list[Any]:
+        """Every case of ``input_dir`` (this rank's share under ``torchrun``), bad ones included."""
+        from medseg3d.data.scans import find_scans
+        from medseg3d.engine.distributed import is_distributed
+
+        found = find_scans(self.input_dir, expect=self.expect, exclude=[self.output_dir])
+        if is_distributed():
+            import torch.distributed as dist
+
+            found = found[dist.get_rank() :: dist.get_world_size()]
+        return found
+
+    def run(self) -> list[dict[str, Any]]:
+        """Run every case; returns the summary rows (all ranks' on rank 0). Never raises for one case."""
+        from medseg3d.data.scans import read_scan
+
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        cases = self.cases()
+        todo = []
+        self.rows = []
+        for case in cases:
+            base = {"case_id": case.case_id, "input": str(case.source)}
+            path = output_path(self.output_dir, case.case_id)
+            if case.problem:
+                self.rows.append({**base, "status": "failed", "error": f"{case.source}: {case.problem}"})
+            elif self.resume and path.is_file():
+                self.rows.append({**base, **self._skip_row(case, path)})
+            else:
+                todo.append(case)
+        bar = self._bar(len(todo))
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-next") as reader:
+            futures = {}
+            if todo:
+                futures[0] = reader.submit(read_scan, todo[0])
+            for i, case in enumerate(todo):
+                if i + 1 < len(todo):
+                    futures[i + 1] = reader.submit(read_scan, todo[i + 1])
+                base = {"case_id": case.case_id, "input": str(case.source)}
+                start = time.perf_counter()
+                try:
+                    row = self._run_case(case, futures.pop(i))
+                except Exception as exc:  # one bad case never stops the batch
+                    self._free_memory()
+                    row = {"status": "failed", "error": _error_text(exc)}
+                    row["seconds"] = round(time.perf_counter() - start, 2)
+                    logger.warning("%s failed: %s", case.case_id, row["error"])
+                self.rows.append({**base, **row})
+                self._write_summary(self.rows, self._rank_summary_path())
+                if bar is not None:
+                    bar.set_postfix_str(f"{case.case_id} {row['seconds']:.1f} s {row['status']}", refresh=False)
+                    bar.update()
+        if bar is not None:
+            bar.close()
+        return self._finish()
+
+    def _bar(self, total: int):
+        if not self.progress:
+            return None
+        from tqdm import tqdm
+
+        from medseg3d.engine.distributed import get_rank
+
+        return tqdm(total=total, desc=f"infer (rank {get_rank()})" if get_rank() else "infer", unit="case")
+
+    @staticmethod
+    def _free_memory() -> None:
+        import gc
+
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _rank_summary_path(self) -> Path:
+        from medseg3d.engine.distributed import get_rank, is_distributed
+
+        if is_distributed():
+            return self.output_dir / f".{SUMMARY}.rank{get_rank()}"
+        return self.output_dir / SUMMARY
+
+    def _columns(self, rows: Sequence[Mapping[str, Any]]) -> list[str]:
+        extra = []
+        for name in self.label_names:
+            extra += [f"{name}_voxels", f"{name}_ml"]
+        return [*BASE_COLUMNS, *extra]
+
+    def _write_summary(self, rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+        from medseg3d.data.io import write_text
+
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=self._columns(rows), extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(buffer.getvalue(), path)
+
+    def _finish(self) -> list[dict[str, Any]]:
+        """Rank 0 merges every rank's rows into ``summary.csv`` (in case order) when distributed."""
+        from medseg3d.engine.distributed import is_distributed
+
+        if not is_distributed():
+            return self.rows
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, self.rows)
+        rows = sorted((row for part in gathered for row in part), key=lambda row: row["case_id"])
+        if dist.get_rank() == 0:
+            self._write_summary(rows, self.output_dir / SUMMARY)
+        dist.barrier()
+        self._rank_summary_path().unlink(missing_ok=True)
+        self.rows = rows
+        return rows
+
+
+def failed_count(rows: Sequence[Mapping[str, Any]]) -> int:
+    """How many rows failed (the exit code is non-zero when any did).
+
+    >>> failed_count([{"status": "ok"}, {"status": "failed"}, {"status": "skipped"}])
+    1
+    """
+    return sum(1 for row in rows if row.get("status") == "failed")
+
+
+def seconds_per_case(rows: Sequence[Mapping[str, Any]]) -> float:
+    """Mean seconds of the cases that ran (ok), NaN when none did."""
+    times = [float(row["seconds"]) for row in rows if row.get("status") == "ok"]
+    return sum(times) / len(times) if times else math.nan

@@ -1,0 +1,284 @@
+"""Batch inference: every good case written in its input's geometry, every bad one reported, resumable, sharded."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medseg3d.cli import main
+from medseg3d.data.synth_brats import write_brats_tree
+from medseg3d.engine.checkpoint import save_checkpoint
+from medseg3d.errors import InputError
+from medseg3d.inference.bundle import default_checkpoint, infer_overrides
+from medseg3d.inference.predictor import Predictor, logits_to_labels
+from medseg3d.inference.runner import label_volumes
+from medseg3d.networks import res_unet
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLE = REPO / "bundles" / "brats_mri_resunet_3d"
+TINY = {"roi_size": [24, 24, 16], "network_def#channels": [4, 8], "network_def#strides": [2], "progress": False}
+TINY_ARGS = [arg for key, value in TINY.items() for arg in (f"--{key}", str(value))]
+SHAPE = (40, 36, 27)  # non-cubic, odd depth
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """Random weights of the tiny bundle network, in a training checkpoint's layout."""
+    torch.manual_seed(0)
+    net = res_unet(4, 3, channels=(4, 8), strides=(2,))
+    path = tmp_path_factory.mktemp("weights") / "best.pt"
+    save_checkpoint({"network": net.state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory) -> Path:
+    """Two BraTS 2021 cases, one 2023 case, and four bad entries: corrupt, truncated, text, 3 modalities."""
+    root = tmp_path_factory.mktemp("batch")
+    raw21 = write_brats_tree(root / "raw21", cases=2, edition="2021", shape=SHAPE, seed=1)
+    raw23 = write_brats_tree(root / "raw23", cases=1, edition="2023", shape=SHAPE, seed=2)
+    inputs = root / "inputs"
+    inputs.mkdir()
+    for folder in [*raw21, *raw23]:
+        target = inputs / folder.name
+        shutil.copytree(folder, target)
+        for seg in target.glob("*seg*"):
+            seg.unlink()  # new scans come without ground truth
+    (inputs / "corrupt.nii.gz").write_bytes(os.urandom(3000))
+    whole = next((inputs / raw21[0].name).glob("*_t1.nii.gz")).read_bytes()
+    (inputs / "truncated.nii.gz").write_bytes(whole[: len(whole) // 2])
+    (inputs / "notes.txt").write_text("not a scan\n")
+    three = inputs / "BraTS2021_09999"
+    shutil.copytree(raw21[1], three)
+    for path in [*three.glob("*seg*"), *three.glob("*_t2.nii.gz")]:
+        path.unlink()
+    return inputs
+
+
+def _rows(out: Path) -> dict[str, dict[str, str]]:
+    with open(out / "summary.csv", newline="") as f:
+        return {row["case_id"]: row for row in csv.DictReader(f)}
+
+
+def _infer(inputs: Path, out: Path, checkpoint: Path, *flags: str) -> int:
+    return main(
+        ["infer", str(inputs), str(out), "--bundle", str(BUNDLE), "--checkpoint", str(checkpoint), *flags, *TINY_ARGS]
+    )
+
+
+@pytest.fixture(scope="module")
+def first_run(batch: Path, checkpoint: Path, tmp_path_factory) -> tuple[Path, int]:
+    out = tmp_path_factory.mktemp("predictions") / "out"
+    return out, _infer(batch, out, checkpoint, "--preview")
+
+
+def test_good_cases_are_written_in_their_input_geometry_and_convention(batch: Path, first_run) -> None:
+    out, code = first_run
+    assert code == 1  # some cases failed
+    rows = _rows(out)
+    good = sorted(p.name for p in batch.iterdir() if p.is_dir() and p.name != "BraTS2021_09999")
+    assert len(good) == 3
+    for case_id in good:
+        assert rows[case_id]["status"] == "ok", rows[case_id]
+        source = nib.load(str(next((batch / case_id).glob("*t1*.nii.gz"))))
+        written = nib.load(str(out / f"{case_id}.nii.gz"))
+        assert written.shape == source.shape
+        assert np.array_equal(written.affine, source.affine)
+        assert nib.aff2axcodes(written.affine) == nib.aff2axcodes(source.affine)
+        values = set(np.unique(np.asarray(written.dataobj)).tolist())
+        allowed = {0, 1, 2, 3} if case_id.startswith("BraTS-") else {0, 1, 2, 4}
+        assert values <= allowed, (case_id, values)
+        counts = {name: int(rows[case_id][f"{name}_voxels"]) for name in ("NCR", "ED", "ET")}
+        labels = np.asarray(written.dataobj)
+        et_value = 3 if case_id.startswith("BraTS-") else 4
+        assert counts == {
+            "NCR": int((labels == 1).sum()),
+            "ED": int((labels == 2).sum()),
+            "ET": int((labels == et_value).sum()),
+        }
+        assert float(rows[case_id]["ED_ml"]) == pytest.approx(
+            counts["ED"] * np.prod(source.header.get_zooms()) / 1000, abs=1e-3
+        )
+        assert (out / "previews" / f"{case_id}.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    ("case_id", "reason"),
+    [
+        pytest.param("corrupt", "corrupt.nii.gz", id="corrupt"),
+        pytest.param("truncated", "truncated.nii.gz", id="truncated"),
+        pytest.param("notes", "notes.txt", id="text-file"),
+        pytest.param("BraTS2021_09999", "BraTS2021_09999", id="three-modalities"),
+    ],
+)
+def test_bad_cases_are_reported_with_the_file_and_write_nothing(first_run, case_id: str, reason: str) -> None:
+    out, _ = first_run
+    rows = _rows(out)
+    matches = [row for row in rows.values() if Path(row["input"]).name.startswith(case_id)]
+    assert len(matches) == 1, sorted(rows)
+    assert matches[0]["status"] == "failed"
+    assert reason in matches[0]["error"]
+    assert not (out / f"{matches[0]['case_id']}.nii.gz").exists()
+
+
+def test_nothing_half_written_is_left(first_run) -> None:
+    out, _ = first_run
+    leftovers = [p.name for p in out.rglob("*") if ".tmp" in p.name or p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_resume_skips_finished_cases(batch: Path, checkpoint: Path, first_run, tmp_path: Path) -> None:
+    out, _ = first_run
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    done = sorted(again.glob("*.nii.gz"))
+    stamps = {p.name: p.stat().st_mtime_ns for p in done}
+    assert _infer(batch, again, checkpoint, "--resume") == 1  # the bad cases still fail
+    rows = _rows(again)
+    for path in done:
+        case_id = path.name[: -len(".nii.gz")]
+        assert rows[case_id]["status"] == "skipped"
+        assert rows[case_id]["ED_voxels"] == _rows(out)[case_id]["ED_voxels"]
+        assert path.stat().st_mtime_ns == stamps[path.name]
+
+
+def test_a_missing_checkpoint_fails_before_any_case(batch: Path, tmp_path: Path, capsys) -> None:
+    code = _infer(batch, tmp_path / "out", tmp_path / "nope.pt")
+    assert code == 2
+    assert "nope.pt" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "summary.csv").exists()
+
+
+def test_default_checkpoint_prefers_the_exported_model(tmp_path: Path) -> None:
+    bundle = tmp_path / "my_bundle"
+    with pytest.raises(InputError, match="--checkpoint"):
+        default_checkpoint(bundle, tmp_path / "runs")
+    best = tmp_path / "runs" / "my_bundle" / "20260101-000000" / "checkpoints" / "best.pt"
+    best.parent.mkdir(parents=True)
+    best.write_bytes(b"x")
+    assert default_checkpoint(bundle, tmp_path / "runs") == best
+    (bundle / "models").mkdir(parents=True)
+    (bundle / "models" / "model.pt").write_bytes(b"x")
+    assert default_checkpoint(bundle, tmp_path / "runs") == bundle / "models" / "model.pt"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        pytest.param({"device": "tpu"}, "--device", id="device"),
+        pytest.param({"overlap": 1.0}, "--overlap", id="overlap"),
+    ],
+)
+def test_bad_flags_are_refused(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        infer_overrides("in", "out", "w.pt", **kwargs)
+
+
+class _Threshold(torch.nn.Module):
+    """Two logits per voxel, background 0.5 - x and foreground x - 0.5: the label map is ``x > 0.5``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([0.5 - x[:, :1], x[:, :1] - 0.5], dim=1)
+
+
+@pytest.mark.parametrize(
+    "affine",
+    [
+        pytest.param(np.diag([-1.0, -1.0, 1.0, 1.0]), id="LPS"),
+        pytest.param(np.diag([1.0, 1.0, 1.0, 1.0]), id="RAS"),
+        pytest.param(np.array([[0, -1.2, 0, 5], [0, 0, 2.0, -3], [0.9, 0, 0, 7], [0, 0, 0, 1.0]]), id="permuted"),
+    ],
+)
+def test_predictor_undoes_orientation_exactly(affine: np.ndarray) -> None:
+    from monai.inferers import SimpleInferer
+    from monai.transforms import Compose, Orientationd
+
+    rng = np.random.default_rng(0)
+    image = rng.random((1, 20, 24, 28)).astype(np.float32)
+    predictor = Predictor(
+        _Threshold(), SimpleInferer(), Compose([Orientationd(keys="image", axcodes="RAS", labels=None)]), "labels"
+    )
+    labels = predictor(image, affine)
+    assert labels.shape == image.shape[1:]
+    assert np.array_equal(labels, (image[0] > 0.5).astype(np.uint8))
+
+
+def test_predictor_undoes_resampling() -> None:
+    from monai.inferers import SimpleInferer
+    from monai.transforms import Compose, Orientationd, Spacingd
+
+    image = np.zeros((1, 30, 26, 12), dtype=np.float32)
+    image[0, 8:22, 6:20, 3:9] = 1.0  # a box the 0.8 x 0.8 x 2.5 mm grid resamples to 1.1 mm and back
+    affine = np.diag([-0.8, 0.8, 2.5, 1.0])
+    preprocessing = Compose(
+        [Orientationd(keys="image", axcodes="RAS", labels=None), Spacingd(keys="image", pixdim=(1.1, 1.1, 1.1))]
+    )
+    labels = Predictor(_Threshold(), SimpleInferer(), preprocessing, "labels")(image, affine)
+    truth = image[0] > 0.5
+    dice = 2 * np.logical_and(labels > 0, truth).sum() / ((labels > 0).sum() + truth.sum())
+    assert labels.shape == truth.shape
+    assert dice > 0.95
+
+
+def test_logits_to_labels_decodes_nested_regions() -> None:
+    logits = torch.full((3, 2, 2, 1), -5.0)
+    logits[0] = 5.0  # WT everywhere
+    logits[1, 0] = 5.0  # TC in the first row
+    logits[2, 0, 0] = 5.0  # ET in one voxel
+    assert logits_to_labels(logits, "regions")[..., 0].tolist() == [[3, 1], [2, 2]]
+    with pytest.raises(ValueError, match="output_mode"):
+        logits_to_labels(logits, "softmax")
+
+
+def test_label_volumes_counts_every_name() -> None:
+    labels = np.zeros((4, 5, 6), dtype=np.uint8)
+    labels[0, 0, :3] = 4
+    assert label_volumes(labels, (0.5, 1.0, 2.0), {"NCR": 1, "ET": 4}) == {
+        "NCR_voxels": 0,
+        "NCR_ml": 0.0,
+        "ET_voxels": 3,
+        "ET_ml": 0.003,
+    }
+
+
+def test_monai_bundle_run_inference(batch: Path, checkpoint: Path, tmp_path: Path) -> None:
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    case = sorted(p for p in batch.iterdir() if p.name.startswith("BraTS2021_0000"))[0]
+    shutil.copytree(case, inputs / case.name)
+    out = tmp_path / "out"
+    configs = "['configs/common.yaml','configs/inference.yaml']"
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(BUNDLE)]
+    command += ["--input_dir", str(inputs), "--output_dir", str(out), "--checkpoint", str(checkpoint)]
+    command += ["--device", "$torch.device('cpu')", *TINY_ARGS]
+    result = subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _rows(out)[case.name]["status"] == "ok"
+    assert nib.load(str(out / f"{case.name}.nii.gz")).shape == SHAPE
+
+
+def test_two_processes_share_the_cases_and_merge_one_summary(batch: Path, checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2"]
+    command += ["-m", "medseg3d.cli", "infer", str(batch), str(out), "--bundle", str(BUNDLE)]
+    command += ["--checkpoint", str(checkpoint), "--device", "cpu", *TINY_ARGS]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode != 0  # the bad cases failed, on whichever rank had them
+    rows = _rows(out)
+    assert len(rows) == 7, sorted(rows)
+    assert sum(row["status"] == "ok" for row in rows.values()) == 3, result.stderr[-3000:]
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == sorted(
+        f"{cid}.nii.gz" for cid, r in rows.items() if r["status"] == "ok"
+    )
+    assert not list(out.glob(".summary*"))
