@@ -88,6 +88,12 @@ def cmd_infer(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from medseg3d.evaluation import run_evaluation
+
+    return run_evaluation(args.pred, args.gt, task=args.task, out=args.out)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from medseg3d.demo import run_demo
 
@@ -165,6 +171,22 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--preview", action="store_true", help="previews/<case_id>.png with the labels overlaid")
     infer.add_argument("--resume", action="store_true", help="skip the cases whose label map already exists")
     infer.set_defaults(func=cmd_infer)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="score label maps against ground truth: Dice, HD95, lesion-wise, detection counts",
+        description="Score every prediction in PRED against its ground truth in GT (paired by case ID) and write "
+        "report.csv and summary.json (docs/evaluation.md). Exit code 1 when a case failed or has no prediction.",
+    )
+    evaluate.add_argument("pred", type=Path, help="folder of predicted label maps (or one file)")
+    evaluate.add_argument("gt", type=Path, help="folder of ground-truth label maps or a raw BraTS tree (or one file)")
+    evaluate.add_argument(
+        "--task", choices=("brats", "labels"), default="brats", help="BraTS regions WT/TC/ET, or every label value"
+    )
+    evaluate.add_argument(
+        "--out", type=Path, default=None, help="folder for report.csv and summary.json (PRED/evaluation)"
+    )
+    evaluate.set_defaults(func=cmd_evaluate)
 
     demo = commands.add_parser("demo", help="the whole pipeline end to end on synthetic data")
     demo.add_argument("--out", type=Path, default=Path("demo_out"), help="working folder (demo_out)")

@@ -102,7 +102,7 @@ def edition_of_case_id(case_id: str) -> str | None:
     return None
 
 
-def _pair_folder(folder: Path, files: list[Path]) -> RawCase:
+def pair_folder(folder: Path, files: list[Path]) -> RawCase:
     """Pair the NIfTI ``files`` of one folder by modality token."""
     by_key: dict[str, list[Path]] = {}
     unknown: list[Path] = []
@@ -193,7 +193,7 @@ def find_cases(root: str | os.PathLike) -> list[RawCase]:
         files = sorted(folder / name for name in filenames if is_nifti(folder / name))
         if not files:
             continue
-        case = _pair_folder(folder, files)
+        case = pair_folder(folder, files)
         case.grade = grades.get(case.case_id) or _grade_from_parents(folder, root)
         cases.append(case)
     if not cases:

@@ -24,7 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medseg3d.constants import MODALITIES, MODALITY_ALIASES, NIFTI_EXTENSIONS, SEG_ALIASES
-from medseg3d.data.brats import _pair_folder, detect_edition, edition_of_case_id, is_nifti, modality_token, safe_case_id
+from medseg3d.data.brats import pair_folder, detect_edition, edition_of_case_id, is_nifti, modality_token, safe_case_id
 from medseg3d.data.io import atomic_path, save_nifti
 from medseg3d.data.volumes import check_same_grid
 from medseg3d.errors import InputError
@@ -205,7 +205,7 @@ def _dicom_cases(source: Path, base_id: str, folders: list[tuple[Path, list[Path
 
 def _brats_folder_case(source: Path, folder: Path, niftis: list[Path]) -> ScanCase:
     """The BraTS case held by ``folder`` (files paired by modality token, as prep_brats does)."""
-    raw = _pair_folder(folder, niftis)
+    raw = pair_folder(folder, niftis)
     found = tuple(raw.images[key] for key in MODALITIES if key in raw.images)
     if raw.problems:
         problem = (

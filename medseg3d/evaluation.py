@@ -1,0 +1,513 @@
+"""``medseg3d evaluate PRED GT``: score folders of predicted label maps against ground truth.
+
+Pairs files by case ID, checks that each pair shares one voxel grid (never resampling), computes the
+metrics of ``medseg3d.metrics`` per case and per BraTS region (``task="brats"``) or per label value
+(``task="labels"``), and writes ``report.csv`` (one row per case) and ``summary.json`` (mean, std, median
+and n of every metric over the cases evaluated). A case that cannot be evaluated is a row with its reason;
+the others go on. The on-disk contract is docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg3d.constants import REGIONS
+from medseg3d.data.io import write_json, write_text
+from medseg3d.errors import InputError
+from medseg3d.metrics import (
+    BRATS_CONVENTIONS,
+    HD95_EMPTY_MM,
+    LESION_HD95_PENALTY_MM,
+    LESION_RULES,
+    LesionRules,
+    absent_label_metrics,
+    brats_case_metrics,
+    labels_case_metrics,
+    spacing_from_affine,
+)
+
+TASKS: tuple[str, ...] = ("brats", "labels")
+CONVENTIONS: tuple[str, ...] = ("auto", *BRATS_CONVENTIONS)
+LABEL_MAP_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+REPORT_NAME = "report.csv"
+SUMMARY_NAME = "summary.json"
+ID_COLUMNS: tuple[str, ...] = ("case_id", "pred", "gt", "status", "error")
+OVERLAP_METRICS: tuple[str, ...] = ("dice", "hd95", "sensitivity", "specificity", "gt_ml", "pred_ml")
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "brats": (*OVERLAP_METRICS, "lesion_dice", "lesion_hd95", "lesion_tp", "lesion_fn", "lesion_fp"),
+    "labels": (*OVERLAP_METRICS, "gt_components", "hits", "misses", "fp_components"),
+}
+COUNT_METRICS = frozenset({"lesion_tp", "lesion_fn", "lesion_fp", "gt_components", "hits", "misses", "fp_components"})
+# Statuses that make the command fail (exit code 1); a prediction without ground truth is only reported.
+FAILING_STATUSES = frozenset({"failed", "missing_pred"})
+
+# Geometry tolerances: headers written by different tools differ by float round-off, never by a real shift.
+SPACING_RTOL = 1e-4
+DIRECTION_ATOL = 1e-4
+ORIGIN_ATOL_MM = 1e-3
+
+_SEG_SUFFIX = re.compile(r"[_-]seg$", re.IGNORECASE)
+
+
+def split_extension(name: str) -> tuple[str, str] | None:
+    """``(stem, extension)`` of a label-map file name, or None when it is not one.
+
+    >>> split_extension("BraTS-GLI-00001-000-seg.nii.gz"), split_extension("summary.csv")
+    (('BraTS-GLI-00001-000-seg', '.nii.gz'), None)
+    """
+    lower = name.lower()
+    for extension in LABEL_MAP_EXTENSIONS:
+        if lower.endswith(extension) and len(name) > len(extension):
+            return name[: -len(extension)], name[-len(extension) :]
+    return None
+
+
+def case_id_of(path: str | os.PathLike) -> str:
+    """Case ID of a label-map file: its name without extension and without a ``_seg``/``-seg`` suffix.
+
+    >>> case_id_of("gt/BraTS2021_00000_seg.nii.gz"), case_id_of("BraTS-GLI-00001-000-seg.nii"), case_id_of("a.mha")
+    ('BraTS2021_00000', 'BraTS-GLI-00001-000', 'a')
+    """
+    split = split_extension(Path(path).name)
+    stem = split[0] if split else Path(path).name
+    return _SEG_SUFFIX.sub("", stem) or stem
+
+
+def _label_map_files(folder: Path) -> list[Path]:
+    # Hidden names are skipped: editors' and our own atomic writers' temporary files start with a dot.
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and split_extension(p.name))
+
+
+def find_label_maps(folder: str | os.PathLike, raw_brats_tree: bool = False) -> dict[str, list[Path]]:
+    """Label-map files of ``folder`` by case ID (a list, so that two files claiming one case are reported).
+
+    Only files directly in ``folder`` count (``summary.csv``, ``previews/``, ``evaluation/`` are ignored).
+    With ``raw_brats_tree`` and no label map at the top level, ``folder`` is read as a raw BraTS tree
+    (``medseg3d.data.brats.find_cases``: case folders at any depth, segmentation found by its suffix).
+    """
+    folder = Path(folder)
+    maps: dict[str, list[Path]] = {}
+    files = _label_map_files(folder)
+    if not files and raw_brats_tree:
+        from medseg3d.data.brats import find_cases
+
+        try:
+            cases = find_cases(folder)
+        except InputError:
+            return maps
+        return {case.case_id: [case.seg] for case in cases if case.seg is not None}
+    for path in files:
+        maps.setdefault(case_id_of(path), []).append(path)
+    return maps
+
+
+@dataclass(frozen=True)
+class CasePair:
+    """The files of one case; ``problem`` says why it cannot be evaluated (empty when it can)."""
+
+    case_id: str
+    pred: Path | None
+    gt: Path | None
+    status: str = "ok"
+    problem: str = ""
+
+
+def pair_cases(pred: str | os.PathLike, gt: str | os.PathLike) -> list[CasePair]:
+    """Pair prediction and ground-truth files by case ID (two files, or two folders), sorted by case ID.
+
+    Raises:
+        InputError: a path that does not exist, a file beside a folder, a folder without label maps, or
+            folders that share no case ID.
+    """
+    pred, gt = Path(pred), Path(gt)
+    for path, what in ((pred, "predictions"), (gt, "ground truth")):
+        if not path.exists():
+            raise InputError(path, f"not found; expected a folder (or a file) of {what} label maps")
+    if pred.is_file() and gt.is_file():
+        return [CasePair(case_id_of(pred), pred, gt)]
+    if pred.is_file() or gt.is_file():
+        raise InputError(
+            pred if pred.is_file() else gt, "is a file but the other path is a folder; give two folders or two files"
+        )
+    pred_maps, gt_maps = find_label_maps(pred), find_label_maps(gt, raw_brats_tree=True)
+    expected = ", ".join(LABEL_MAP_EXTENSIONS)
+    for folder, maps in ((pred, pred_maps), (gt, gt_maps)):
+        if not maps:
+            raise InputError(folder, f"holds no label map; expected files ending in {expected}")
+    if not set(pred_maps) & set(gt_maps):
+        raise InputError(
+            pred,
+            f"no prediction matches a ground-truth case of {gt}: predictions {_some(pred_maps)}, ground truth "
+            f"{_some(gt_maps)}; expected <case_id>.nii.gz beside <case_id>[_-]seg.nii.gz",
+        )
+    pairs = []
+    for case_id in sorted(set(pred_maps) | set(gt_maps)):
+        preds, gts = pred_maps.get(case_id, []), gt_maps.get(case_id, [])
+        pred_path, gt_path = (preds[0] if preds else None), (gts[0] if gts else None)
+        if len(preds) > 1 or len(gts) > 1:
+            names = ", ".join(p.name for p in (preds if len(preds) > 1 else gts))
+            problem = f"several files claim case {case_id} ({names}); expected one"
+            pairs.append(CasePair(case_id, pred_path, gt_path, "failed", problem))
+        elif pred_path is None:
+            pairs.append(
+                CasePair(case_id, None, gt_path, "missing_pred", f"no prediction for {gt_path.name} in {pred}")
+            )
+        elif gt_path is None:
+            pairs.append(
+                CasePair(case_id, pred_path, None, "missing_gt", f"no ground truth for {pred_path.name} in {gt}")
+            )
+        else:
+            pairs.append(CasePair(case_id, pred_path, gt_path))
+    return pairs
+
+
+def _some(maps: dict[str, list[Path]], limit: int = 3) -> str:
+    ids = sorted(maps)
+    return ", ".join(ids[:limit]) + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+def _read_sitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import SimpleITK as sitk
+
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise InputError(path, f"cannot read as an image ({reason})") from None
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(path, f"expected a 3D single-component label map, got a {image.GetDimension()}D image")
+    data = sitk.GetArrayFromImage(image).transpose(2, 1, 0)  # ITK arrays are (z, y, x)
+    affine = np.eye(4)
+    affine[:3, :3] = np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing())
+    affine[:3, 3] = image.GetOrigin()
+    return data, np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # ITK's LPS to the RAS of NIfTI affines
+
+
+def read_label_map(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read a label map (NIfTI with nibabel, NRRD/MHA/MHD with SimpleITK) as non-negative integers.
+
+    Returns:
+        (labels, affine): labels of shape (X, Y, Z) in an integer dtype, affine the 4x4 voxel-to-RAS matrix.
+
+    Raises:
+        InputError: unreadable or not 3D, NaN/Inf, non-integer or negative values (an image, not a label map).
+    """
+    from medseg3d.data.volumes import read_label
+
+    path = Path(path)
+    if split_extension(path.name) and split_extension(path.name)[1].lower() in (".nii.gz", ".nii"):
+        data, affine = read_label(path)
+    else:
+        data, affine = _read_sitk(path)
+    if data.dtype.kind == "f":
+        if not np.all(np.isfinite(data)):
+            raise InputError(path, "holds NaN or Inf voxels; expected a label map of integer values")
+        fraction = data[data != np.round(data)]
+        if fraction.size:
+            raise InputError(
+                path, f"holds non-integer values (e.g. {fraction.flat[0]:.4g}); expected a label map, not an image"
+            )
+        data = data.astype(np.int32)
+    elif data.dtype.kind not in "iub":
+        raise InputError(path, f"holds {data.dtype} voxels; expected a label map of integer values")
+    if data.dtype.kind == "b":
+        data = data.astype(np.uint8)
+    if data.dtype.kind == "i" and data.size and int(data.min()) < 0:
+        raise InputError(path, f"holds negative values (min {int(data.min())}); expected a label map, not an image")
+    return data, affine
+
+
+def check_same_geometry(
+    pred_path: str | os.PathLike,
+    pred_shape: Sequence[int],
+    pred_affine: np.ndarray,
+    gt_path: str | os.PathLike,
+    gt_shape: Sequence[int],
+    gt_affine: np.ndarray,
+) -> None:
+    """Raise ``InputError`` naming both files unless the prediction lies on the ground truth's voxel grid.
+
+    The shapes must be equal; spacings within a relative ``SPACING_RTOL``, direction cosines within
+    ``DIRECTION_ATOL`` and origins within ``ORIGIN_ATOL_MM`` mm.
+    """
+    pred_spacing, gt_spacing = np.array(spacing_from_affine(pred_affine)), np.array(spacing_from_affine(gt_affine))
+    problems = []
+    if tuple(pred_shape) != tuple(gt_shape):
+        problems.append("shapes differ")
+    if np.any(np.abs(pred_spacing - gt_spacing) > SPACING_RTOL * np.maximum(pred_spacing, gt_spacing)):
+        problems.append("spacings differ")
+    pred_directions = np.asarray(pred_affine)[:3, :3] / np.where(pred_spacing > 0, pred_spacing, 1)
+    gt_directions = np.asarray(gt_affine)[:3, :3] / np.where(gt_spacing > 0, gt_spacing, 1)
+    if np.max(np.abs(pred_directions - gt_directions)) > DIRECTION_ATOL:
+        problems.append("orientations differ")
+    origin_shift = float(np.max(np.abs(np.asarray(pred_affine)[:3, 3] - np.asarray(gt_affine)[:3, 3])))
+    if origin_shift > ORIGIN_ATOL_MM:
+        problems.append(f"origins differ by {origin_shift:.4g} mm")
+    if problems:
+
+        def grid(shape: Sequence[int], spacing: np.ndarray) -> str:
+            return f"shape {tuple(int(s) for s in shape)} spacing ({', '.join(f'{s:.4g}' for s in spacing)}) mm"
+
+        raise InputError(
+            pred_path,
+            f"not on the voxel grid of the ground truth {gt_path} ({'; '.join(problems)}): prediction "
+            f"{grid(pred_shape, pred_spacing)}, ground truth {grid(gt_shape, gt_spacing)}; expected the "
+            "prediction in the ground truth's geometry (evaluate never resamples)",
+        )
+
+
+def evaluate_case(
+    pred_path: str | os.PathLike,
+    gt_path: str | os.PathLike,
+    task: str = "brats",
+    rules: LesionRules = LESION_RULES["BraTS-GLI"],
+    convention: str = "auto",
+) -> dict[str, Any]:
+    """Metrics of one prediction file against its ground-truth file.
+
+    Returns:
+        ``{"<name>_<metric>": value}`` for every region (``brats``: WT, TC, ET, plus ``convention``) or
+        label value present in either file (``labels``), metrics as in ``TASK_METRICS``.
+
+    Raises:
+        InputError: unreadable file, not a label map, different voxel grids, labels outside the convention.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    gt, gt_affine = read_label_map(gt_path)
+    pred, pred_affine = read_label_map(pred_path)
+    check_same_geometry(pred_path, pred.shape, pred_affine, gt_path, gt.shape, gt_affine)
+    spacing = spacing_from_affine(gt_affine)
+    if task == "labels":
+        return labels_case_metrics(pred, gt, spacing)
+    try:
+        return brats_case_metrics(pred, gt, spacing, rules, convention)
+    except ValueError as exc:  # a label convention problem involves both files
+        raise InputError(gt_path, f"{exc} (prediction {pred_path})") from None
+
+
+@dataclass
+class EvaluationResult:
+    """What ``evaluate_folders`` found and wrote.
+
+    Attributes:
+        rows: one dict per case (``report.csv``'s rows: ``ID_COLUMNS``, ``convention`` for BraTS, metrics).
+        names: the regions or label values scored, in column order.
+        summary: the content of ``summary.json``.
+        table: the fixed-width table of the summary (what the command prints).
+        report_path: the written ``report.csv``.
+        summary_path: the written ``summary.json``.
+    """
+
+    rows: list[dict[str, Any]]
+    names: list[str]
+    summary: dict[str, Any]
+    table: str
+    report_path: Path
+    summary_path: Path
+
+    @property
+    def failures(self) -> list[dict[str, Any]]:
+        """Rows that make the command fail: a case that could not be evaluated or has no prediction."""
+        return [row for row in self.rows if row["status"] in FAILING_STATUSES]
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every ground-truth case was evaluated, 1 otherwise."""
+        return 1 if self.failures else 0
+
+
+def _statistics(values: list[float], count: bool) -> dict[str, float | int | None]:
+    finite = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    if not finite.size:
+        stats: dict[str, float | int | None] = {"mean": None, "std": None, "median": None, "n": 0}
+    else:  # std with ddof 0, as the training report's summary.json
+        stats = {"mean": float(finite.mean()), "std": float(finite.std()), "median": float(np.median(finite))}
+        stats["n"] = int(finite.size)
+    if count:
+        stats["total"] = int(finite.sum()) if finite.size else 0
+    return stats
+
+
+def summarize(rows: list[dict[str, Any]], names: Sequence[str], task: str) -> dict[str, dict[str, dict]]:
+    """Per name and metric: mean, std (ddof 0), median and n over the ok rows (``total`` too for counts)."""
+    ok = [row for row in rows if row["status"] == "ok"]
+    return {
+        name: {
+            metric: _statistics([row.get(f"{name}_{metric}") for row in ok], metric in COUNT_METRICS)
+            for metric in TASK_METRICS[task]
+        }
+        for name in names
+    }
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """The summary as a fixed-width table: one row per region or label, the headline metrics as columns."""
+    task, metrics, cases = summary["task"], summary["metrics"], summary["cases"]
+    extra = ("lesion_dice", "lesion_hd95", "lesion_tp", "lesion_fn", "lesion_fp")
+    if task == "labels":
+        extra = ("gt_components", "hits", "misses", "fp_components")
+    headers = {"lesion_dice": "LW Dice", "lesion_hd95": "LW HD95", "lesion_tp": "LW TP", "lesion_fn": "LW FN"}
+    headers.update({"lesion_fp": "LW FP", "gt_components": "GT comp", "fp_components": "FP comp"})
+    header = ["region" if task == "brats" else "label", "Dice mean+-std", "HD95 median", "Sens mean", "Spec mean"]
+    header += [headers.get(name, name) for name in extra]
+    lines = [header]
+    for name, stats in metrics.items():
+        dice = stats["dice"]
+        cells = [name, "-" if dice["mean"] is None else f"{dice['mean']:.3f}+-{dice['std']:.3f}"]
+        cells += [_number(stats["hd95"]["median"], 2), _number(stats["sensitivity"]["mean"])]
+        cells += [_number(stats["specificity"]["mean"], 4)]
+        for metric in extra:
+            cells.append(str(stats[metric]["total"]) if metric in COUNT_METRICS else _number(stats[metric]["mean"], 3))
+        lines.append(cells)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = [
+        f"{cases['total']} cases: {cases['ok']} evaluated, {cases['failed']} failed, "
+        f"{cases['missing_pred']} without prediction, {cases['missing_gt']} without ground truth"
+    ]
+    text += ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in lines]
+    if task == "brats":
+        text.append("LW: BraTS 2023 lesion-wise scores (means over cases); TP/FN/FP: lesion counts summed over cases")
+    else:
+        text.append("GT comp/hits/misses/FP comp: 26-connected components summed over cases")
+    return "\n".join(text)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}" if math.isfinite(value) else ""
+    return str(value)
+
+
+def _report_csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_cell(row.get(column)) for column in columns])
+    return buffer.getvalue()
+
+
+def evaluate_folders(
+    pred: str | os.PathLike,
+    gt: str | os.PathLike,
+    task: str = "brats",
+    out: str | os.PathLike | None = None,
+    challenge: str = "BraTS-GLI",
+    convention: str = "auto",
+    progress: bool = False,
+) -> EvaluationResult:
+    """Evaluate every prediction of ``pred`` against ``gt`` and write ``report.csv`` and ``summary.json``.
+
+    Args:
+        pred: folder of predicted label maps (``<case_id>.nii.gz``), or one file.
+        gt: folder of ground-truth label maps (``<case_id>[_-]seg.nii.gz`` too, or a raw BraTS tree of case
+            folders), or one file.
+        task: ``brats`` (WT, TC, ET of BraTS labels, lesion-wise scores) or ``labels`` (every label value
+            found in either folder, detection counts).
+        out: folder for the reports; default ``<pred>/evaluation`` (beside the file for a single file).
+        challenge: the BraTS 2023 challenge whose lesion-wise rules apply (``LESION_RULES``).
+        convention: BraTS label convention, ``auto`` (per case, from the values present), ``legacy`` or ``2023``.
+        progress: show a progress bar on stderr.
+
+    Returns:
+        The rows, the summary and the table; ``exit_code`` is 1 when a case failed or has no prediction.
+
+    Raises:
+        InputError: the folders cannot be paired at all (see ``pair_cases``).
+        ValueError: unknown ``task``, ``challenge`` or ``convention``.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if challenge not in LESION_RULES:
+        raise ValueError(f"challenge must be one of {tuple(LESION_RULES)}, got {challenge!r}")
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    from tqdm import tqdm
+
+    pred, gt = Path(pred), Path(gt)
+    pairs = pair_cases(pred, gt)
+    out = Path(out) if out is not None else (pred if pred.is_dir() else pred.parent) / "evaluation"
+    rows = []
+    for pair in tqdm(pairs, desc="evaluate", unit="case", disable=not progress, file=sys.stderr):
+        row: dict[str, Any] = {"case_id": pair.case_id, "pred": pair.pred or "", "gt": pair.gt or ""}
+        row.update(status=pair.status, error=pair.problem)
+        if pair.status == "ok":
+            try:
+                row.update(evaluate_case(pair.pred, pair.gt, task, LESION_RULES[challenge], convention))
+            except Exception as exc:  # one bad case is a failed row with its reason; the others go on
+                reason = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+                row.update(status="failed", error=reason)
+        rows.append(row)
+
+    if task == "brats":
+        names = list(REGIONS)
+    else:  # every label value found in any evaluated case; a case without it scores the both-empty rule
+        values = {int(key.split("_", 1)[0]) for row in rows if row["status"] == "ok" for key in row if key[0].isdigit()}
+        names = [str(value) for value in sorted(values)]
+        for row in rows:
+            if row["status"] == "ok":
+                for name in names:
+                    for metric, value in absent_label_metrics().items():
+                        row.setdefault(f"{name}_{metric}", value)
+    columns = [*ID_COLUMNS, *(["convention"] if task == "brats" else [])]
+    columns += [f"{name}_{metric}" for name in names for metric in TASK_METRICS[task]]
+    statuses = [row["status"] for row in rows]
+    rules = LESION_RULES[challenge]
+    summary = {
+        "task": task,
+        "pred": str(pred),
+        "gt": str(gt),
+        "cases": {"total": len(rows), **{s: statuses.count(s) for s in ("ok", "failed", "missing_pred", "missing_gt")}},
+        "conventions": {
+            "both_empty": {"dice": 1.0, "hd95": 0.0, "sensitivity": 1.0, "specificity": 1.0},
+            "one_empty": {"dice": 0.0, "hd95": HD95_EMPTY_MM},
+            "hd95": "max of the two directed 95th percentiles of edge-voxel distances in mm (MONAI)",
+        },
+        "names": names,
+        "metrics": summarize(rows, names, task),
+        "failed": {row["case_id"]: row["error"] for row in rows if row["status"] != "ok"},
+    }
+    if task == "brats":
+        summary["lesion_wise"] = {
+            "challenge": challenge,
+            "dilation_iterations": rules.dilation_iterations,
+            "volume_threshold_mm3": rules.volume_threshold_mm3,
+            "hd95_penalty_mm": LESION_HD95_PENALTY_MM,
+        }
+    table = format_table(summary)
+    report_path = write_text(_report_csv(rows, columns), out / REPORT_NAME)
+    summary_path = write_json(summary, out / SUMMARY_NAME)
+    return EvaluationResult(rows, names, summary, table, report_path, summary_path)
+
+
+def run_evaluation(
+    pred: str | os.PathLike, gt: str | os.PathLike, task: str = "brats", out: str | os.PathLike | None = None
+) -> int:
+    """The ``medseg3d evaluate`` command: evaluate, print the table and the failures, return the exit code."""
+    result = evaluate_folders(pred, gt, task=task, out=out, progress=sys.stderr.isatty())
+    print(result.table)
+    for row in result.rows:
+        if row["status"] != "ok":
+            print(f"{row['status']}: {row['case_id']}: {row['error']}", file=sys.stderr)
+    print(f"report: {result.report_path}\nsummary: {result.summary_path}")
+    return result.exit_code
