@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from medseg3d.transforms.array import CropPadding, LabelsToRegions, NormalizeNonZero, PadToDivisible, RemapLabels
+from medseg3d.transforms.array import (
+    ConnectedComponents,
+    CropPadding,
+    LabelsToRegions,
+    NormalizeNonZero,
+    PadToDivisible,
+    RemapLabels,
+)
 from medseg3d.transforms.dictionary import (
+    ConnectedComponentsd,
     CropPaddingd,
     LabelsToRegionsd,
     NormalizeNonZerod,
@@ -12,6 +20,8 @@ from medseg3d.transforms.dictionary import (
 )
 
 __all__ = [
+    "ConnectedComponents",
+    "ConnectedComponentsd",
     "CropPadding",
     "CropPaddingd",
     "LabelsToRegions",

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from monai.config import NdarrayOrTensor
 from monai.data import MetaTensor
 from monai.transforms import DivisiblePad, MapLabelValue, NormalizeIntensity, Transform
-from monai.utils import TransformBackends
+from monai.utils import TransformBackends, convert_to_dst_type
+
+from medseg3d.inference.postprocess import parse_rules, postprocess_labels
 
 PadWidth = tuple[tuple[int, int], ...]
 
@@ -202,3 +205,43 @@ class LabelsToRegions(Transform):
             out = torch.stack(channels).to(torch.float32)
             return MetaTensor(out, meta=img.meta) if isinstance(img, MetaTensor) else out
         return np.stack([np.isin(img[0], v) for v in self.regions.values()]).astype(np.float32)
+
+
+class ConnectedComponents(Transform):
+    """Connected-component cleanup of a label map, per label: keep the k largest, remove small, fill holes.
+
+    A thin wrapper of ``medseg3d.inference.postprocess.postprocess_labels`` (read it for the order of the
+    operations, the ``"all"`` rule and how filled holes meet other labels). ``{"all": {"keep_largest": 1}}``
+    gives what MONAI's ``KeepLargestConnectedComponent(independent=False)`` gives and
+    ``{1: {"keep_largest": 1}, 2: {"keep_largest": 1}}`` what ``applied_labels=[1, 2]`` gives, voxel for
+    voxel, many times faster.
+
+    Args:
+        rules: label value (or its string form, or ``"all"``) -> any of ``keep_largest: k``,
+            ``min_size: n``, ``fill_holes: true``, ``connectivity: 6|18|26``; checked here, so a typo fails
+            when the transform is built.
+
+    Example:
+        >>> import numpy as np
+        >>> labels = np.zeros((1, 6, 5, 4), dtype=np.uint8)
+        >>> labels[0, :2] = 1  # a slab of 40 voxels
+        >>> labels[0, 5, 4, 3] = 1  # a speck
+        >>> int(ConnectedComponents({1: {"keep_largest": 1}})(labels).sum())
+        40
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, rules: Mapping[Any, Mapping[str, Any]]) -> None:
+        self.rules = parse_rules(rules)
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        """Clean ``img`` of shape (1, X, Y, Z); the result has its type, dtype, device and metadata."""
+        if img.ndim != 4 or img.shape[0] != 1:
+            raise ValueError(
+                f"expected a label map of shape (1, X, Y, Z), got shape {tuple(img.shape)} "
+                "(take the argmax of class channels first, e.g. AsDiscrete(argmax=True))"
+            )
+        array = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
+        out = postprocess_labels(array[0], self.rules)[None]
+        return convert_to_dst_type(out, dst=img, dtype=img.dtype)[0]

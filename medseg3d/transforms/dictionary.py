@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from medseg3d.transforms.array import CropPadding, LabelsToRegions, NormalizeNonZero, PadToDivisible, RemapLabels
+from medseg3d.transforms.array import (
+    ConnectedComponents,
+    CropPadding,
+    LabelsToRegions,
+    NormalizeNonZero,
+    PadToDivisible,
+    RemapLabels,
+)
 
 
 class _KeyedWrapper(MapTransform):
@@ -84,3 +92,18 @@ class LabelsToRegionsd(_KeyedWrapper):
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.transform = LabelsToRegions(regions)
+
+
+class ConnectedComponentsd(_KeyedWrapper):
+    """Dictionary form of ``ConnectedComponents``."""
+
+    backend = ConnectedComponents.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        rules: Mapping[Any, Mapping[str, Any]],
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.transform = ConnectedComponents(rules)
