@@ -105,7 +105,12 @@ def ct_runner(input_dir: Path, output_dir: Path, network, roi: list[int], sw_bat
         [ScaleIntensityRanged(keys="image", a_min=CT_WINDOW[0], a_max=CT_WINDOW[1], b_min=0.0, b_max=1.0, clip=True)]
     )
     inferer = FastSlidingWindowInferer(
-        roi, sw_batch_size=sw_batch_size, overlap=0.5, mode="gaussian", foreground_threshold=CT_BODY
+        roi,
+        sw_batch_size=sw_batch_size,
+        overlap=0.5,
+        mode="gaussian",
+        foreground_threshold=CT_BODY,
+        outside=[10.0, -10.0],
     )
     predictor = Predictor(network, inferer, preprocessing, "labels", {1: {"keep_largest": 1}}, device)
     return BatchRunner(predictor, input_dir, output_dir, expect="image", label_names={"aorta": 1}, progress=False)
@@ -166,7 +171,7 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def trained_checkpoint(work: Path, overrides: dict[str, Any], epochs: int = 30) -> Path:
+def trained_checkpoint(work: Path, overrides: dict[str, Any], epochs: int = 50) -> Path:
     """Weights that segment the phantoms: the bundle trained briefly (as ``medseg3d demo`` does, about 2 minutes
     on 2 cores), so that the agreement between the two paths is measured on a model with real structure in its
     output (random weights give logits near 0 everywhere, where any rounding flips a voxel)."""
@@ -175,8 +180,8 @@ def trained_checkpoint(work: Path, overrides: dict[str, Any], epochs: int = 30) 
     from medseg3d.demo import FAST_SYNTHETIC
     from medseg3d.engine.bundle import run_bundle
 
-    write_brats_tree(work / "train_raw", cases=6, edition="2021", shape=(96, 96, 64), seed=11)
-    prep_brats(work / "train_raw", work / "train_prepared", PrepOptions(folds=3, workers=2))
+    write_brats_tree(work / "train_raw", cases=8, edition="2021", shape=(96, 96, 64), seed=11)
+    prep_brats(work / "train_raw", work / "train_prepared", PrepOptions(folds=4, workers=2))
     run = work / "train_run"
     train = {key: value for key, value in overrides.items() if key not in ("sw_batch_size", "overlap", "tta")}
     run_bundle(
@@ -194,8 +199,37 @@ def trained_checkpoint(work: Path, overrides: dict[str, Any], epochs: int = 30) 
     return run / "checkpoints" / "best.pt"
 
 
+def heldout_agreement(work: Path, checkpoint: Path, overrides: dict[str, Any], net, roi, sw_batch, device) -> dict:
+    """Agreement where the trained model is at home: 3 held-out phantoms of the training size (96x96x64).
+
+    Mean over cases of the label-map Dice between ours and stock (with the crop, and with
+    ``inferer#crop_foreground False``), and of each path's Dice to the phantoms' ground truth.
+    """
+    from medseg3d.data.synth_brats import write_brats_tree
+
+    raw = write_brats_tree(work / "agree_raw", cases=3, edition="2021", shape=(96, 96, 64), seed=99)
+    inputs = work / "agree_in"
+    for case in raw:
+        shutil.copytree(case, inputs / case.name, dirs_exist_ok=True)
+        for seg in (inputs / case.name).glob("*_seg.nii.gz"):
+            seg.unlink()
+    brats_runner(inputs, work / "agree_ours", checkpoint, overrides)[0].run()
+    uncropped = {**overrides, "inferer#crop_foreground": False}
+    brats_runner(inputs, work / "agree_uncropped", checkpoint, uncropped)[0].run()
+    scores: dict[str, list[float]] = {"crop": [], "no_crop": [], "ours_truth": [], "stock_truth": []}
+    for case in raw:
+        stock = _load(stock_brats(inputs / case.name, work / "agree_stock" / case.name, net, roi, sw_batch, device))
+        ours = _load(work / "agree_ours" / f"{case.name}.nii.gz")
+        truth = _load(next(case.glob("*_seg.nii.gz")))
+        scores["crop"].append(_dice(ours, stock))
+        scores["no_crop"].append(_dice(_load(work / "agree_uncropped" / f"{case.name}.nii.gz"), stock))
+        scores["ours_truth"].append(_dice(ours, truth))
+        scores["stock_truth"].append(_dice(stock, truth))
+    return {key: round(float(np.mean(values)), 5) for key, values in scores.items()}
+
+
 def bench_speed(
-    work: Path, brats_shape, ct_shape, repeats: int, overrides: dict[str, Any], checkpoint: Path | None
+    work: Path, brats_shape, ct_shape, repeats: int, overrides: dict[str, Any], checkpoint: Path | None, ct: bool = True
 ) -> None:
     import torch
 
@@ -213,9 +247,10 @@ def bench_speed(
         lambda: _timed(lambda: stock_brats(case, work / "stock_brats", net, roi, sw_batch, device)),
         repeats,
     )
-    agreement = _dice(
+    full_size = _dice(
         _load(work / "ours_brats" / f"{case.name}.nii.gz"), _load(next((work / "stock_brats").glob("*.nii.gz")))
     )
+    heldout = heldout_agreement(work, checkpoint, overrides, net, roi, sw_batch, device)
     emit(
         "infer",
         f"BraTS case {'x'.join(map(str, (4, *brats_shape)))} end to end (read, z-score, sliding window, largest "
@@ -223,13 +258,20 @@ def bench_speed(
         ours_s,
         "MONAI LoadImage + NormalizeIntensity + sliding_window_inference + KeepLargestConnectedComponent + SaveImage",
         base_s,
-        agreement=round(agreement, 5),
+        agreement=heldout["crop"],
         peak_rss_mb=round(peak_rss_mb(), 1),
+        agreement_note="mean label-map Dice ours vs stock on 3 held-out training-size phantoms",
+        agreement_without_crop=heldout["no_crop"],
+        dice_to_truth_ours=heldout["ours_truth"],
+        dice_to_truth_stock=heldout["stock_truth"],
+        agreement_full_size_case=round(full_size, 5),
         roi_size=list(roi),
         sw_batch_size=sw_batch,
         repeats=repeats,
     )
 
+    if not ct:
+        return
     ct_dir = ct_inputs(work, ct_shape)
     torch.manual_seed(0)
     network = ct_network().to(device).eval()
@@ -310,9 +352,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small volumes, one repeat")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--skip-ct", action="store_true")
     parser.add_argument(
-        "--checkpoint", type=Path, default=None, help="BraTS bundle weights (default: trained here for 2 minutes)"
+        "--checkpoint", type=Path, default=None, help="BraTS bundle weights (default: trained here for 3 minutes)"
     )
+    parser.add_argument("--keep", type=Path, default=None, help="copy the outputs and weights here for inspection")
     args, extra = parser.parse_known_args()
     from medseg3d.engine.bundle import parse_overrides
 
@@ -322,9 +366,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_infer_") as tmp:
         work = Path(tmp)
         if not args.skip_speed:
-            bench_speed(work, brats_shape, ct_shape, repeats, overrides, args.checkpoint)
+            bench_speed(work, brats_shape, ct_shape, repeats, overrides, args.checkpoint, not args.skip_ct)
         if not args.skip_memory:
             bench_memory(work, (120, 120, 78), (2, 6) if args.quick else (5, 20), overrides)
+        if args.keep is not None:
+            for name in ("ours_brats", "stock_brats", "ours_ct", "stock_ct", "train_run", "agree_ours", "agree_stock"):
+                if (work / name).exists():
+                    shutil.copytree(work / name, args.keep / name, dirs_exist_ok=True)
 
 
 if __name__ == "__main__":

@@ -70,7 +70,16 @@ def logits_to_labels(logits: torch.Tensor, output_mode: str) -> np.ndarray:
     if output_mode == "regions":
         return regions_to_labels((logits > 0).cpu().numpy())  # sigmoid(x) > 0.5 <=> x > 0
     if output_mode == "labels":
-        return logits.argmax(0).to(torch.uint8).cpu().numpy()
+        # a running maximum over the channels: each step reads one contiguous channel, about 3x faster than
+        # argmax(0) over the strided channel axis of a large volume; ``>`` keeps the first maximum, as argmax
+        logits = logits.cpu()
+        best = logits[0].clone()
+        labels = torch.zeros(logits.shape[1:], dtype=torch.uint8)
+        for channel in range(1, logits.shape[0]):
+            better = logits[channel] > best
+            labels[better] = channel
+            torch.maximum(best, logits[channel], out=best)
+        return labels.numpy()
     raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
 
 

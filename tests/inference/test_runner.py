@@ -281,3 +281,9 @@ def test_two_processes_share_the_cases_and_merge_one_summary(batch: Path, checkp
         f"{cid}.nii.gz" for cid, r in rows.items() if r["status"] == "ok"
     )
     assert not list(out.glob(".summary*"))
+
+
+def test_logits_to_labels_equals_argmax_with_ties() -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randint(-2, 3, (4, 9, 7, 5), generator=generator).float()  # many exact ties
+    assert np.array_equal(logits_to_labels(logits, "labels"), logits.argmax(0).numpy())
