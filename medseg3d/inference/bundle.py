@@ -91,6 +91,11 @@ def infer_folder(
     from medseg3d.engine.distributed import finalize_distributed, init_distributed, local_device
     from medseg3d.inference.runner import SUMMARY, failed_count, seconds_per_case
 
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available here (use --device cpu or auto)")
     if not Path(input_dir).exists():
         raise InputError(input_dir, "input not found (expected a folder of scans or one scan)")
     extra = parse_overrides(list(overrides)) if not isinstance(overrides, Mapping) else dict(overrides)
