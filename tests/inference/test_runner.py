@@ -287,3 +287,10 @@ def test_logits_to_labels_equals_argmax_with_ties() -> None:
     generator = torch.Generator().manual_seed(0)
     logits = torch.randint(-2, 3, (4, 9, 7, 5), generator=generator).float()  # many exact ties
     assert np.array_equal(logits_to_labels(logits, "labels"), logits.argmax(0).numpy())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_cuda_is_refused(batch: Path, checkpoint: Path, tmp_path: Path, capsys) -> None:
+    assert _infer(batch, tmp_path / "out", checkpoint, "--device", "cuda") == 2
+    assert "no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
