@@ -36,11 +36,11 @@ CT_BODY = 0.25  # -500 HU after scaling: air is outside the body box
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    scores = []
-    for value in sorted(set(np.unique(a).tolist()) | set(np.unique(b).tolist()) - {0}):
-        x, y = a == value, b == value
-        scores.append(2.0 * np.logical_and(x, y).sum() / (x.sum() + y.sum()))
-    return float(np.mean(scores)) if scores else 1.0
+    """Mean Dice over the foreground labels present in either map."""
+    from medseg3d.metrics import dice
+
+    values = sorted(set(np.unique(a).tolist()) | set(np.unique(b).tolist()) - {0})
+    return float(np.mean([dice(a == v, b == v) for v in values])) if values else 1.0
 
 
 def _load(path: Path) -> np.ndarray:

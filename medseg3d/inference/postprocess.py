@@ -294,14 +294,7 @@ def keep_largest(mask: Any, k: int = 1, connectivity: int = 26) -> Any:
     Returns:
         bool mask of shape (X, Y, Z), an array or a tensor on the device of ``mask``.
     """
-    k = _positive_int(k, "k")
-    connectivity = _check_connectivity(connectivity)
-    array = _to_numpy(mask, "mask")
-    idx = flat_foreground(array)
-    out = np.zeros(array.shape, dtype=bool)
-    if idx.size:
-        out.reshape(-1)[idx[_kept_voxels(idx, array.shape, connectivity, None, k)]] = True
-    return _like(out, mask)
+    return _filter_components(mask, _check_connectivity(connectivity), None, _positive_int(k, "k"))
 
 
 def remove_small(mask: Any, min_voxels: int, connectivity: int = 26) -> Any:
@@ -315,13 +308,16 @@ def remove_small(mask: Any, min_voxels: int, connectivity: int = 26) -> Any:
     Returns:
         bool mask of shape (X, Y, Z), an array or a tensor on the device of ``mask``.
     """
-    min_voxels = _positive_int(min_voxels, "min_voxels")
-    connectivity = _check_connectivity(connectivity)
+    return _filter_components(mask, _check_connectivity(connectivity), _positive_int(min_voxels, "min_voxels"), None)
+
+
+def _filter_components(mask: Any, connectivity: int, min_size: int | None, keep_largest: int | None) -> Any:
+    """The components of ``mask`` that ``_kept_voxels`` keeps, as a bool mask of the type of ``mask``."""
     array = _to_numpy(mask, "mask")
     idx = flat_foreground(array)
     out = np.zeros(array.shape, dtype=bool)
     if idx.size:
-        out.reshape(-1)[idx[_kept_voxels(idx, array.shape, connectivity, min_voxels, None)]] = True
+        out.reshape(-1)[idx[_kept_voxels(idx, array.shape, connectivity, min_size, keep_largest)]] = True
     return _like(out, mask)
 
 

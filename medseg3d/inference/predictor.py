@@ -32,25 +32,13 @@ def load_network_weights(network: torch.nn.Module, checkpoint: str | os.PathLike
     Raises:
         InputError: naming the file: missing, damaged, of neither layout, or not fitting ``network``.
     """
-    from medseg3d.engine.checkpoint import load_checkpoint
-    from medseg3d.engine.handlers.load_weights import network_state, state_mismatch
+    from medseg3d.engine.handlers.load_weights import load_into
 
     path = Path(checkpoint)
     if not path.is_file():
         raise InputError(path, "checkpoint not found (pass --checkpoint PATH: a run's checkpoints/best.pt)")
-    content = load_checkpoint(path)
-    try:
-        state = network_state(content, key)
-    except ValueError as exc:
-        raise InputError(path, str(exc)) from None
-    problem = state_mismatch(network.state_dict(), state)
-    if problem:
-        raise InputError(
-            path,
-            f"the weights do not fit the bundle's network: {problem} (infer with the network_def and "
-            "output_mode overrides the model was trained with)",
-        )
-    network.load_state_dict(state)
+    hint = "infer with the network_def and output_mode overrides the model was trained with"
+    load_into(network, path, key, hint=hint)
     logger.info("loaded network weights from %s", path)
 
 
@@ -117,12 +105,10 @@ class Predictor:
         self.inferer = inferer
         self.preprocessing = preprocessing
         self.output_mode = output_mode
-        self.postprocess = dict(postprocess or {})
-        if self.postprocess:
-            from medseg3d.inference.postprocess import postprocess_labels
+        from medseg3d.inference.postprocess import parse_rules
 
-            # rules are checked now, so a typo fails before the first case runs
-            postprocess_labels(np.zeros((2, 2, 2), dtype=np.uint8), self.postprocess)
+        # rules are checked now, so a typo fails before the first case runs
+        self.postprocess = parse_rules(postprocess)
 
     def logits(self, array: np.ndarray, affine: np.ndarray) -> torch.Tensor:
         """Logits (shape (K, X, Y, Z), float32, CPU) on the grid of ``array`` (shape (C, X, Y, Z)), whose

@@ -18,16 +18,12 @@ def largest_structure_centre(labels: np.ndarray) -> tuple[int, int, int]:
     >>> largest_structure_centre(labels)
     (5, 3, 2)
     """
-    import cc3d
+    from medseg3d.inference.postprocess import keep_largest
 
-    foreground = labels > 0
-    if not foreground.any():
+    largest = keep_largest(labels > 0, k=1, connectivity=26)
+    if not largest.any():
         return tuple(s // 2 for s in labels.shape)
-    components = cc3d.connected_components(foreground, connectivity=26)
-    sizes = np.bincount(components.ravel())
-    sizes[0] = 0
-    points = np.argwhere(components == int(sizes.argmax()))
-    return tuple(int(round(c)) for c in points.mean(axis=0))
+    return tuple(int(round(c)) for c in np.argwhere(largest).mean(axis=0))
 
 
 def save_preview(image: np.ndarray, labels: np.ndarray, path: str | os.PathLike, title: str = "") -> Path:

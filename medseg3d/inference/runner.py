@@ -250,7 +250,7 @@ class BatchRunner:
             return self.output_dir / f".{SUMMARY}.rank{get_rank()}"
         return self.output_dir / SUMMARY
 
-    def _columns(self, rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    def _columns(self) -> list[str]:
         extra = []
         for name in self.label_names:
             extra += [f"{name}_voxels", f"{name}_ml"]
@@ -260,7 +260,7 @@ class BatchRunner:
         from medseg3d.data.io import write_text
 
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=self._columns(rows), extrasaction="ignore", lineterminator="\n")
+        writer = csv.DictWriter(buffer, fieldnames=self._columns(), extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         write_text(buffer.getvalue(), path)

@@ -59,6 +59,28 @@ def state_mismatch(expected: Mapping[str, torch.Tensor], given: Mapping[str, tor
     )
 
 
+def load_into(
+    network: torch.nn.Module, path: Path, key: str = "network", strict: bool = True, hint: str = ""
+) -> Mapping[str, Any]:
+    """Load the weights in checkpoint ``path`` into ``network`` (a DDP wrapper is unwrapped); return the checkpoint.
+
+    Raises:
+        InputError: naming the file: damaged, holding objects that would run code when loaded, of neither
+            layout, or with weights that do not fit ``network`` (``hint`` says what to check).
+    """
+    checkpoint = load_checkpoint(path)
+    try:
+        state = network_state(checkpoint, key)
+    except ValueError as exc:
+        raise InputError(path, str(exc)) from None
+    network = getattr(network, "module", network)
+    problem = state_mismatch(network.state_dict(), state, strict)
+    if problem:
+        raise InputError(path, f"the weights do not fit the network: {problem} ({hint})")
+    network.load_state_dict(state, strict=strict)
+    return checkpoint
+
+
 class LoadWeights:
     """Load ``network``'s weights from ``checkpoint`` at ``Events.STARTED`` (MONAI's ``CheckpointLoader``,
     network only, through ``load_checkpoint``: ``torch.load(weights_only=True)``).
@@ -90,20 +112,8 @@ class LoadWeights:
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Engine | None = None) -> None:
-        checkpoint = load_checkpoint(self.path)
-        try:
-            state = network_state(checkpoint, self.key)
-        except ValueError as exc:
-            raise InputError(self.path, str(exc)) from None
-        network = getattr(self.network, "module", self.network)
-        problem = state_mismatch(network.state_dict(), state, self.strict)
-        if problem:
-            raise InputError(
-                self.path,
-                f"the weights do not fit the network: {problem} (train and evaluate "
-                "with the same network_def, in_channels and output_mode overrides)",
-            )
-        network.load_state_dict(state, strict=self.strict)
+        hint = "train and evaluate with the same network_def, in_channels and output_mode overrides"
+        checkpoint = load_into(self.network, self.path, self.key, self.strict, hint)
         trainer = checkpoint.get("trainer", {})
         where = f" (epoch {trainer['epoch']})" if isinstance(trainer, dict) and "epoch" in trainer else ""
         logger.info("loaded network weights from %s%s", self.path, where)
