@@ -39,7 +39,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     """Mean Dice over the foreground labels present in either map."""
     from medseg3d.metrics import dice
 
-    values = sorted(set(np.unique(a).tolist()) | set(np.unique(b).tolist()) - {0})
+    values = sorted((set(np.unique(a).tolist()) | set(np.unique(b).tolist())) - {0})
     return float(np.mean([dice(a == v, b == v) for v in values])) if values else 1.0
 
 
