@@ -183,7 +183,8 @@ def trained_checkpoint(work: Path, overrides: dict[str, Any], epochs: int = 50) 
     write_brats_tree(work / "train_raw", cases=8, edition="2021", shape=(96, 96, 64), seed=11)
     prep_brats(work / "train_raw", work / "train_prepared", PrepOptions(folds=4, workers=2))
     run = work / "train_run"
-    train = {key: value for key, value in overrides.items() if key not in ("sw_batch_size", "overlap", "tta")}
+    inference_only = ("sw_batch_size", "overlap", "tta", "postprocess")
+    train = {k: v for k, v in overrides.items() if k not in inference_only and not k.startswith("inferer#")}
     run_bundle(
         BUNDLE,
         "train",

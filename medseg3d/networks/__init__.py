@@ -1,4 +1,4 @@
-"""Networks: the 3D Res-UNet (and, later, the 2.5D slice-stack model)."""
+"""Networks: the Res-UNet, 3D for volumes and 2D for the 2.5D slice-stack models."""
 
 from __future__ import annotations
 

@@ -3,13 +3,17 @@
 Both are U-shaped encoder-decoders. ``channels[i]`` features at level ``i``; every stride-2 level halves
 each spatial axis, so an input of shape (B, C, X, Y, Z) needs X, Y, Z divisible by ``2 ** len(strides)``
 (``prep_brats`` pads to a multiple of 16, enough for four levels). The output has shape
-(B, out_channels, X, Y, Z): one logit per region (sigmoid) or per label (softmax).
+(B, out_channels, X, Y, Z): one logit per region (sigmoid) or per label (softmax). With ``spatial_dims=2``
+the same network works on 2D images (B, C, X, Y): the 2.5D bundle feeds it stacks of neighbouring slices.
 
 Example:
     >>> import torch
     >>> net = res_unet(in_channels=4, out_channels=3, channels=(8, 16, 32), strides=(2, 2))
     >>> net(torch.zeros(1, 4, 32, 24, 16)).shape
     torch.Size([1, 3, 32, 24, 16])
+    >>> net2d = res_unet(in_channels=20, out_channels=3, channels=(8, 16), strides=(2,), spatial_dims=2)
+    >>> net2d(torch.zeros(2, 20, 32, 24)).shape
+    torch.Size([2, 3, 32, 24])
 """
 
 from __future__ import annotations
@@ -30,8 +34,9 @@ def res_unet(
     norm: str = "instance",
     dropout: float = 0.0,
     kind: str = "unet",
+    spatial_dims: int = 3,
 ) -> torch.nn.Module:
-    """Build the 3D Res-UNet.
+    """Build the Res-UNet: 3D, or 2D for the 2.5D slice-stack models (``spatial_dims=2``).
 
     Args:
         in_channels: input channels (4 MRI modalities for BraTS).
@@ -42,6 +47,7 @@ def res_unet(
         norm: ``"instance"`` or ``"batch"``.
         dropout: dropout probability in [0, 1).
         kind: ``"unet"`` (MONAI ``UNet``) or ``"dynunet"`` (MONAI ``DynUNet`` with residual blocks).
+        spatial_dims: 3 for volumes (B, C, X, Y, Z), 2 for slices or slice stacks (B, C, X, Y).
 
     Raises:
         ValueError: inconsistent or out-of-range arguments, each named.
@@ -61,18 +67,20 @@ def res_unet(
         raise ValueError(f"channels and strides must be positive, got {channels} and {strides}")
     if norm not in ("instance", "batch"):
         raise ValueError(f"norm must be 'instance' or 'batch', got {norm!r}")
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     if kind == "unet":
         if num_res_units < 1:
             raise ValueError(f"a Res-UNet needs num_res_units >= 1, got {num_res_units}")
         return UNet(
-            3, in_channels, out_channels, channels, strides, num_res_units=num_res_units, norm=norm, dropout=dropout
+            spatial_dims, in_channels, out_channels, channels, strides, num_res_units=num_res_units, norm=norm, dropout=dropout
         )
     from monai.networks.nets import DynUNet
 
     return DynUNet(
-        3,
+        spatial_dims,
         in_channels,
         out_channels,
         kernel_size=[3] * len(channels),
