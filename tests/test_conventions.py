@@ -11,6 +11,7 @@ from monai.transforms import MapTransform, Transform
 
 import medseg3d.transforms.array as array
 import medseg3d.transforms.dictionary as dictionary
+import medseg3d.transforms.slices as slices
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,12 +28,12 @@ def _classes(module, base) -> dict[str, type]:
 
 
 def test_every_dictionary_transform_has_its_array_twin() -> None:
-    arrays = _classes(array, Transform)
+    arrays = {**_classes(array, Transform), **_classes(slices, Transform)}
     dicts = _classes(dictionary, MapTransform)
     assert dicts, "no dictionary transform found"
     for name in dicts:
         assert name.endswith("d"), f"{name}: dictionary transforms end in 'd'"
-        assert name[:-1] in arrays, f"{name} has no array twin {name[:-1]} in transforms/array.py"
+        assert name[:-1] in arrays, f"{name} has no array twin {name[:-1]} in transforms/array.py or slices.py"
     for name in arrays:
         assert f"{name}d" in dicts, f"{name} has no dictionary form {name}d in transforms/dictionary.py"
 

@@ -75,7 +75,14 @@ def res_unet(
         if num_res_units < 1:
             raise ValueError(f"a Res-UNet needs num_res_units >= 1, got {num_res_units}")
         return UNet(
-            spatial_dims, in_channels, out_channels, channels, strides, num_res_units=num_res_units, norm=norm, dropout=dropout
+            spatial_dims,
+            in_channels,
+            out_channels,
+            channels,
+            strides,
+            num_res_units=num_res_units,
+            norm=norm,
+            dropout=dropout,
         )
     from monai.networks.nets import DynUNet
 

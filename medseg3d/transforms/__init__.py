@@ -11,15 +11,21 @@ from medseg3d.transforms.array import (
     RemapLabels,
 )
 from medseg3d.transforms.dictionary import (
+    CentreSliced,
     ConnectedComponentsd,
     CropPaddingd,
     LabelsToRegionsd,
     NormalizeNonZerod,
     PadToDivisibled,
     RemapLabelsd,
+    SliceStackd,
+    SlicesToVolumed,
 )
+from medseg3d.transforms.slices import CentreSlice, SliceStack, SlicesToVolume, slab_size
 
 __all__ = [
+    "CentreSlice",
+    "CentreSliced",
     "ConnectedComponents",
     "ConnectedComponentsd",
     "CropPadding",
@@ -32,4 +38,9 @@ __all__ = [
     "PadToDivisibled",
     "RemapLabels",
     "RemapLabelsd",
+    "SliceStack",
+    "SliceStackd",
+    "SlicesToVolume",
+    "SlicesToVolumed",
+    "slab_size",
 ]
