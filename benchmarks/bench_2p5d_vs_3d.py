@@ -165,6 +165,8 @@ def main() -> int:
     parser.add_argument("--infer-cases", type=int, default=2, help="held-out full-size cases to time (2)")
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
     parser.add_argument("--work", type=Path, default=None, help="working folder (a temporary one by default)")
+    parser.add_argument("--prepared", type=Path, default=None, help="a prep_brats dataset to use instead of phantoms")
+    parser.add_argument("--heldout", type=Path, default=None, help="a folder of BraTS cases to time inference on")
     parser.add_argument(
         "--bundle-optimizer", action="store_true", help="keep the bundles' SGD setting instead of AdamW 1e-2"
     )
@@ -175,14 +177,23 @@ def main() -> int:
         parser.error(f"unknown model(s) {unknown}; expected among {list(MODELS)}")
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_2p5d_"))
+    work.mkdir(parents=True, exist_ok=True)
     raw, prepared, heldout = work / "raw", work / "prepared", work / "heldout"
     shape = [str(n) for n in args.shape]
-    subprocess.run([*MEDSEG3D, "synth", "brats", str(raw), "--cases", str(args.cases), "--shape", *shape], check=True)
-    folds = str(min(5, args.cases))
-    prep = [sys.executable, "-m", "data_prep.prep_brats", str(raw), str(prepared), "--folds", folds]
-    subprocess.run(prep, check=True, stdout=subprocess.DEVNULL)
-    synth_heldout = [*MEDSEG3D, "synth", "brats", str(heldout), "--cases", str(args.infer_cases), "--seed", "99"]
-    subprocess.run(synth_heldout, check=True)
+    data = f"{args.cases} synthetic cases {'x'.join(shape)}"
+    if args.prepared is not None:
+        prepared, data = args.prepared, f"prepared dataset {args.prepared}"
+    else:
+        synth = [*MEDSEG3D, "synth", "brats", str(raw), "--cases", str(args.cases), "--shape", *shape]
+        subprocess.run(synth, check=True)
+        folds = str(min(5, args.cases))
+        prep = [sys.executable, "-m", "data_prep.prep_brats", str(raw), str(prepared), "--folds", folds]
+        subprocess.run(prep, check=True, stdout=subprocess.DEVNULL)
+    if args.heldout is not None:
+        heldout = args.heldout
+    else:
+        synth_heldout = [*MEDSEG3D, "synth", "brats", str(heldout), "--cases", str(args.infer_cases), "--seed", "99"]
+        subprocess.run(synth_heldout, check=True)
 
     results = []
     for name in models:
@@ -198,8 +209,8 @@ def main() -> int:
             record[f"step_mb_{where}_batch"] = step_memory_mb(bundle, overrides, batch)
             record[f"{where}_batch"] = batch
         record.update(
-            case=f"{args.cases} synthetic cases {'x'.join(shape)}, {args.budget:g} s of training each; inference on "
-            f"{args.infer_cases} held-out 4x240x240x155 cases",
+            case=f"{data}, {args.budget:g} s of training each; inference on "
+            + (str(args.heldout) if args.heldout else f"{args.infer_cases} held-out 4x240x240x155 phantoms"),
             device=device_name(),
         )
         print(json.dumps(record), flush=True)
