@@ -230,3 +230,30 @@ def test_infer_and_evaluate_keep_the_input_geometry(tiny_prepared: Path, referen
         assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2, 3}  # 2023 label values
     assert main(["evaluate", str(out), str(raw), "--task", "brats", "--out", str(tmp_path / "eval")]) == 0
     assert (tmp_path / "eval" / "report.csv").is_file()
+
+
+def test_evaluate_overlay_scores_the_checkpoint(tiny_prepared: Path, reference: Path, tmp_path: Path) -> None:
+    eval_dir = tmp_path / "eval"
+    overrides = {k: v for k, v in TINY.items() if k.startswith("network_def") or k in ("roi_size", "num_workers")}
+    checkpoint = reference / "checkpoints" / "last.pt"
+    run_bundle(BUNDLE, "evaluate", {
+        **overrides, "dataset_dir": str(tiny_prepared), "output_dir": str(tmp_path / "unused"),
+        "checkpoint": str(checkpoint), "eval_dir": str(eval_dir),
+    })  # fmt: skip
+    summary = json.loads((eval_dir / "summary.json").read_text())
+    assert summary["cases"] == 2  # the validation fold of the tiny dataset
+    # the checkpoint was saved after epoch 3's validation: its weights give that epoch's score
+    last_row = [r for r in _metrics(reference) if r["val_mean_dice"]][-1]
+    assert summary["evaluator_metrics"]["val_mean_dice"] == pytest.approx(float(last_row["val_mean_dice"]), rel=1e-4)
+    with open(eval_dir / "per_case.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 2
+
+
+def test_verify_net_in_out_matches_the_metadata() -> None:
+    from monai.bundle import verify_net_in_out
+
+    configs = BUNDLE / "configs"
+    verify_net_in_out(
+        "network_def", meta_file=str(configs / "metadata.json"), config_file=str(configs / "common.yaml"), n=2,
+        device="cpu", **{"network_def#channels": [4, 8, 16], "network_def#strides": [2, 2]},
+    )  # fmt: skip
