@@ -10,21 +10,31 @@ from monai.transforms import Activationsd, AsDiscreted, Compose
 from medseg3d.constants import PREPARED_LABELS, REGIONS
 
 
-def output_names(output_mode: str) -> list[str]:
-    """Channel names scored: the BraTS regions, or the foreground labels."""
+def output_names(output_mode: str, label_names: Sequence[str] | None = None) -> list[str]:
+    """Channel names scored: the BraTS regions, or the foreground labels (``label_names`` in value order
+    1, 2, ...; default the prepared BraTS labels NCR, ED, ET).
+
+    >>> output_names("labels"), output_names("labels", ["aorta"])
+    (['NCR', 'ED', 'ET'], ['aorta'])
+    """
     if output_mode == "regions":
         return list(REGIONS)
     if output_mode == "labels":
+        if label_names is not None:
+            names = [str(name) for name in label_names]
+            if not names or len(set(names)) != len(names):
+                raise ValueError(f"label_names must be distinct foreground label names, got {label_names!r}")
+            return names
         return [name for name, value in PREPARED_LABELS.items() if value]
     raise ValueError(f"output_mode must be 'regions' or 'labels', got {output_mode!r}")
 
 
-def postprocessing(output_mode: str) -> Compose:
+def postprocessing(output_mode: str, label_names: Sequence[str] | None = None) -> Compose:
     """Logits to binary masks: sigmoid > 0.5 per region, or argmax one-hot over labels (label one-hot too)."""
-    output_names(output_mode)
+    names = output_names(output_mode, label_names)
     if output_mode == "regions":
         return Compose([Activationsd(keys="pred", sigmoid=True), AsDiscreted(keys="pred", threshold=0.5)])
-    classes = len(PREPARED_LABELS)
+    classes = len(names) + 1
     return Compose(
         [AsDiscreted(keys="pred", argmax=True, to_onehot=classes), AsDiscreted(keys="label", to_onehot=classes)]
     )
@@ -38,12 +48,12 @@ def _channel(index: int):
     return select
 
 
-def dice_metrics(output_mode: str) -> dict[str, MeanDice]:
+def dice_metrics(output_mode: str, label_names: Sequence[str] | None = None) -> dict[str, MeanDice]:
     """``val_mean_dice`` (mean over scored channels) and ``val_dice_<name>`` per region or label.
 
     Labels mode scores channels 1.. of the one-hot (background excluded).
     """
-    names = output_names(output_mode)
+    names = output_names(output_mode, label_names)
     offset = 0 if output_mode == "regions" else 1
     metrics = {
         "val_mean_dice": MeanDice(include_background=offset == 0, output_transform=from_engine(["pred", "label"]))
