@@ -43,6 +43,24 @@ def cmd_synth_ct(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_datalist(args: argparse.Namespace) -> int:
+    from medseg3d.data.datalist import DatalistError, build_datalist
+
+    names = [name.strip() for name in args.labels.split(",")] if args.labels is not None else None
+    try:
+        result = build_datalist(args.root, out=args.out, folds=args.folds, seed=args.seed, label_names=names)
+    except DatalistError as exc:  # nothing written; still say what was rejected before the error line
+        for rejection in exc.rejected:
+            print(f"rejected {rejection}")
+        raise
+    print(result.summary())
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    for rejection in result.rejected:
+        print(f"rejected {rejection}")
+    return 1 if result.rejected else 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from medseg3d.engine.bundle import find_run, parse_overrides, resume_workflow, run_bundle, run_workflow
     from medseg3d.engine.crossval import train_folds
@@ -122,6 +140,26 @@ def build_parser() -> argparse.ArgumentParser:
     ct.add_argument("--shape", type=_positive, nargs=3, default=None, metavar=("X", "Y", "Z"))
     ct.add_argument("--seed", type=int, default=0, help="same seed, same bytes (0)")
     ct.set_defaults(func=cmd_synth_ct)
+
+    datalist = commands.add_parser(
+        "datalist",
+        help="list a folder of image/label pairs as a training dataset.json with folds",
+        description="Find the image/label pairs under ROOT (imagesTr/ + labelsTr/, or <id>_ct + <id>_seg files and "
+        "DICOM series folders), check each (readable, label on the image's grid, label values non-negative "
+        "integers) and write OUT/dataset.json with cross-validation folds (docs/data.md). A bad pair is reported "
+        "and left out; the exit code is then 1. Exit code 2: nothing usable, or bad arguments.",
+    )
+    datalist.add_argument("root", type=Path, help="folder of image/label pairs")
+    datalist.add_argument("--out", type=Path, default=None, help="folder of the dataset.json (ROOT)")
+    datalist.add_argument("--folds", type=_positive, default=5, help="cross-validation folds (5)")
+    datalist.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (0)")
+    datalist.add_argument(
+        "--labels",
+        default=None,
+        metavar="NAME[,NAME...]",
+        help="names of the label values 1, 2, ... in value order (label_1, label_2, ...)",
+    )
+    datalist.set_defaults(func=cmd_datalist)
 
     train = commands.add_parser(
         "train",

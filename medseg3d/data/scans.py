@@ -415,8 +415,14 @@ def _spacing(affine: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))  # type: ignore[return-value]
 
 
-def _sitk_affine(image: sitk.Image) -> np.ndarray:
-    """Voxel -> RAS (4, 4) of an ITK image (whose origin and direction are LPS)."""
+def sitk_affine_ras(image: sitk.Image) -> np.ndarray:
+    """Voxel -> RAS (4, 4) of an ITK image (whose origin and direction are LPS).
+
+    >>> image = sitk.Image(4, 3, 2, sitk.sitkUInt8)
+    >>> image.SetSpacing((0.5, 0.5, 2.0)); image.SetOrigin((10.0, 20.0, 30.0))
+    >>> sitk_affine_ras(image)[:3].tolist()
+    [[-0.5, 0.0, 0.0, -10.0], [0.0, -0.5, 0.0, -20.0], [0.0, 0.0, 2.0, 30.0]]
+    """
     affine = np.eye(4)
     affine[:3, :3] = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3) * np.asarray(image.GetSpacing())
     affine[:3, 3] = image.GetOrigin()
@@ -488,7 +494,7 @@ def _read_sitk_case(case: ScanCase) -> Scan:
     array = _sitk_array(path, image)
     if case.kind == "dicom":
         _check_slice_positions(case, reader, image)
-    affine = _sitk_affine(image)
+    affine = sitk_affine_ras(image)
     _check_affine(path, affine)
     _check_voxels(path, array)
     return Scan(case, array, affine, _spacing(affine))

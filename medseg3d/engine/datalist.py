@@ -40,11 +40,11 @@ def fold_datalists(dataset_dir: str | os.PathLike, fold: int) -> tuple[list[dict
     """The (training, validation) entries for ``fold``: that fold validates, every other fold trains.
 
     Each entry holds ``image`` and ``label`` (absolute paths, via ``monai.data.load_decathlon_datalist``),
-    ``case_id`` and ``fold``.
+    ``case_id`` and ``fold``. An ``image`` may be a file or a DICOM series folder; a ``label`` is a file.
 
     Raises:
-        InputError: a bad ``dataset.json`` (see ``read_dataset_json``), a fold that no case has, or an image
-            or label file it names that does not exist.
+        InputError: a bad ``dataset.json`` (see ``read_dataset_json``), a fold that no case has, an image
+            or label it names that does not exist, or a label that is a folder.
     """
     content = read_dataset_json(dataset_dir)
     path = Path(dataset_dir) / "dataset.json"
@@ -54,8 +54,14 @@ def fold_datalists(dataset_dir: str | os.PathLike, fold: int) -> tuple[list[dict
     entries = load_decathlon_datalist(str(path), is_segmentation=True, data_list_key="training")
     for entry in entries:
         for key in ("image", "label"):
-            if not Path(entry[key]).is_file():
-                raise InputError(entry[key], f"listed as {key} of {entry.get('case_id', '?')} in {path} but missing")
+            listed = Path(entry[key])
+            # An image may also be a DICOM series folder (medseg3d datalist lists those); a label is one file.
+            if listed.is_file() or (key == "image" and listed.is_dir()):
+                continue
+            case = entry.get("case_id", "?")
+            if listed.is_dir():
+                raise InputError(listed, f"listed as label of {case} in {path} but a folder; expected a label file")
+            raise InputError(listed, f"listed as {key} of {case} in {path} but missing")
     # Only what the data loader needs: None (a missing grade) or nested lists do not collate into batches.
     entries = [{key: e[key] for key in ("image", "label", "case_id", "fold") if key in e} for e in entries]
     train = [e for e in entries if int(e["fold"]) != fold]
