@@ -161,8 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     datalist.set_defaults(func=cmd_datalist)
 
+    # allow_abbrev=False: bundle overrides pass through unparsed, so `--fold 1` (the bundle's validation fold)
+    # must not be taken for an abbreviation of --folds, nor `--check` for --checkpoint
     train = commands.add_parser(
         "train",
+        allow_abbrev=False,
         help="train a bundle; extra --KEY VALUE pairs are MONAI bundle overrides",
         description="Train a bundle. Every extra --KEY VALUE pair overrides a config id (nested ids with #), "
         "as on `python -m monai.bundle run`; an unknown key or a value of the wrong type is an error.",
@@ -187,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     infer = commands.add_parser(
         "infer",
+        allow_abbrev=False,
         help="label maps for a folder of scans, in each scan's own geometry, and summary.csv",
         description="Run a trained bundle over every case in INPUT (NIfTI/NRRD/MHA files, DICOM series folders, "
         "BraTS case folders) and write OUTPUT/<case_id>.nii.gz plus OUTPUT/summary.csv. A case that fails is "

@@ -26,7 +26,13 @@ def largest_structure_centre(labels: np.ndarray) -> tuple[int, int, int]:
     return tuple(int(round(c)) for c in np.argwhere(largest).mean(axis=0))
 
 
-def save_preview(image: np.ndarray, labels: np.ndarray, path: str | os.PathLike, title: str = "") -> Path:
+def save_preview(
+    image: np.ndarray,
+    labels: np.ndarray,
+    path: str | os.PathLike,
+    title: str = "",
+    window: tuple[float, float] | None = None,
+) -> Path:
     """Write a PNG of the three slices through ``largest_structure_centre(labels)``.
 
     Args:
@@ -34,6 +40,7 @@ def save_preview(image: np.ndarray, labels: np.ndarray, path: str | os.PathLike,
         labels: the label map on the same grid, shape (X, Y, Z).
         path: the PNG to write (atomically; folders are created).
         title: shown above the slices (the case ID).
+        window: (low, high) grey levels, e.g. a CT window in HU; None: the 0.5-99.5th percentiles (MRI).
     """
     import matplotlib
 
@@ -46,7 +53,12 @@ def save_preview(image: np.ndarray, labels: np.ndarray, path: str | os.PathLike,
         raise ValueError(f"image of shape {image.shape} and labels of shape {labels.shape} are not on one grid")
     x, y, z = largest_structure_centre(labels)
     volume = image[-1]
-    low, high = np.percentile(volume, [0.5, 99.5]) if volume.size else (0.0, 1.0)
+    if window is not None:
+        low, high = (float(v) for v in window)
+        if not high > low:
+            raise ValueError(f"window must be (low, high) with high > low, got {window!r}")
+    else:
+        low, high = np.percentile(volume, [0.5, 99.5]) if volume.size else (0.0, 1.0)
     views = [
         ("sagittal", volume[x], labels[x]),
         ("coronal", volume[:, y], labels[:, y]),

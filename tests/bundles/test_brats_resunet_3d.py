@@ -128,6 +128,8 @@ def _metrics_without_time(path: Path) -> list[dict[str, str]]:
         pytest.param(["--amp", "1"], "amp expects bool", id="expression-resolving-to-bool"),
         pytest.param(["--output_dir", "[1]"], "output_dir expects str", id="expression-resolving-to-str"),
         pytest.param(["--max_epochs"], "--KEY VALUE pairs", id="no-value"),
+        # the bundle's `fold`, not an abbreviation of --folds (argparse would otherwise take it as one)
+        pytest.param(["--fold", "one"], "fold expects int", id="fold-is-an-override"),
         pytest.param(["--dataset_dir", "/nowhere"], "/nowhere/dataset.json: not found", id="no-dataset"),
     ],
 )
