@@ -83,7 +83,21 @@ class BatchRunner:
             prepared value -> written value (missing values unchanged); None writes them as they are.
         resume: skip the cases whose label map already exists.
         preview: write ``previews/<case_id>.png`` (three orthogonal slices, label overlay).
+        preview_window: (low, high) grey levels of the previews (a CT window in HU); None: percentiles.
         progress: show a progress bar with each case's seconds.
+        diameters: names of ``label_names`` whose maximum diameter goes into ``summary.csv`` as
+            ``<name>_max_diameter_mm`` (after the voxel and mL columns): the diameter in mm of the largest ball
+            inscribed in the label as written (``medseg3d.measure.max_diameter_mm``: the maximal inscribed
+            circle along the vessel's centreline, e.g. the maximum aortic diameter), empty when the label is
+            absent from the case; re-read from the label map for cases skipped by ``resume``.
+
+    Raises:
+        ValueError: ``expect`` or ``output_labels`` is not one of the values above, or ``diameters`` names a
+            label that is not in ``label_names``.
+
+    >>> runner = BatchRunner(None, "in", "out", label_names={"aorta": 1}, diameters=["aorta"])
+    >>> runner._columns()[-3:]
+    ['aorta_voxels', 'aorta_ml', 'aorta_max_diameter_mm']
     """
 
     def __init__(
@@ -96,7 +110,9 @@ class BatchRunner:
         output_labels: str | Mapping[int, int] | None = None,
         resume: bool = False,
         preview: bool = False,
+        preview_window: Sequence[float] | None = None,
         progress: bool = True,
+        diameters: Sequence[str] = (),
     ) -> None:
         if expect not in ("image", "brats"):
             raise ValueError(f"expect must be 'image' or 'brats', got {expect!r}")
@@ -107,9 +123,18 @@ class BatchRunner:
         self.output_dir = Path(output_dir)
         self.expect = expect
         self.label_names = {k: int(v) for k, v in (label_names or {}).items() if int(v) != 0}
+        names = [diameters] if isinstance(diameters, str) else list(diameters or ())
+        unknown = [name for name in names if name not in self.label_names]
+        if unknown:
+            raise ValueError(
+                f"diameters must name labels of label_names (expected some of {sorted(self.label_names)}), "
+                f"got {', '.join(repr(name) for name in unknown)}"
+            )
+        self.diameters = list(dict.fromkeys(names))
         self.output_labels = output_labels
         self.resume = bool(resume)
         self.preview = bool(preview)
+        self.preview_window = None if preview_window is None else tuple(float(v) for v in preview_window)
         self.progress = progress
         self.rows: list[dict[str, Any]] = []
 
@@ -147,9 +172,20 @@ class BatchRunner:
             image = nib.load(str(path))
             labels = np.asarray(image.dataobj).astype(np.int64)
             row.update(label_volumes(labels, image.header.get_zooms()[:3], self._written_labels(case)))
+            row.update(self._diameter_columns(labels, image.header.get_zooms()[:3], case))
         except Exception as exc:  # a damaged earlier output is reported, not trusted
             row.update(status="failed", error=f"existing output unreadable ({exc}); delete it to redo the case")
         return row
+
+    def _diameter_columns(self, labels: np.ndarray, spacing: Sequence[float], case: Any) -> dict[str, Any]:
+        """``<name>_max_diameter_mm`` of each label of ``diameters`` (None, an empty cell, when absent)."""
+        if not self.diameters:
+            return {}
+        from medseg3d.measure import label_diameters
+
+        written = self._written_labels(case)
+        found = label_diameters(labels, spacing, {name: written[name] for name in self.diameters})
+        return {f"{name}_max_diameter_mm": None if mm is None else round(mm, 2) for name, mm in found.items()}
 
     def _run_case(self, case: Any, scan_future: Future) -> dict[str, Any]:
         from medseg3d.data.scans import write_label
@@ -161,10 +197,12 @@ class BatchRunner:
         write_label(written, scan, output_path(self.output_dir, case.case_id))
         row: dict[str, Any] = {"status": "ok", "error": ""}
         row.update(label_volumes(written, scan.spacing, self._written_labels(case)))
+        row.update(self._diameter_columns(written, scan.spacing, case))
         if self.preview:
             from medseg3d.inference.preview import save_preview
 
-            save_preview(scan.array, labels, self.output_dir / "previews" / f"{case.case_id}.png", case.case_id)
+            path = self.output_dir / "previews" / f"{case.case_id}.png"
+            save_preview(scan.array, labels, path, case.case_id, window=self.preview_window)
         row["seconds"] = round(time.perf_counter() - start, 2)
         return row
 
@@ -198,6 +236,8 @@ class BatchRunner:
                 self.rows.append({**base, **self._skip_row(case, path)})
             else:
                 todo.append(case)
+        if not todo:  # every case skipped or failed at discovery: the summary is still (re)written
+            self._write_summary(self.rows, self._rank_summary_path())
         bar = self._bar(len(todo))
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-next") as reader:
             futures = {}
@@ -254,6 +294,7 @@ class BatchRunner:
         extra = []
         for name in self.label_names:
             extra += [f"{name}_voxels", f"{name}_ml"]
+        extra += [f"{name}_max_diameter_mm" for name in self.diameters]
         return [*BASE_COLUMNS, *extra]
 
     def _write_summary(self, rows: Sequence[Mapping[str, Any]], path: Path) -> None:

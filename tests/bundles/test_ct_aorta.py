@@ -93,6 +93,9 @@ def test_batch_over_nifti_dicom_and_a_corrupt_file(ct_run: Path, tmp_path: Path)
         rows = {r["case_id"]: r for r in csv.DictReader(f)}
     assert rows["broken"]["status"] == "failed" and "broken.nii.gz" in rows["broken"]["error"]
     assert rows["scan_a"]["status"] == rows["series_b"]["status"] == "ok"
+    for case in ("scan_a", "series_b"):  # the largest inscribed ball of the aorta mask, when there is one
+        voxels, diameter = int(rows[case]["aorta_voxels"]), rows[case]["aorta_max_diameter_mm"]
+        assert (diameter == "") == (voxels == 0) and (voxels == 0 or float(diameter) > 0)
     source = nib.load(scans / "scan_a.nii.gz")
     pred = nib.load(out / "scan_a.nii.gz")
     assert pred.shape == source.shape and np.array_equal(pred.affine, source.affine)
