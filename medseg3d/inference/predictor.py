@@ -26,6 +26,48 @@ logger = logging.getLogger(__name__)
 OUTPUT_MODES = ("regions", "labels")
 
 
+def resample_labels_in_slabs(
+    logits: torch.Tensor,
+    source_affine: np.ndarray,
+    target_affine: np.ndarray,
+    target_shape: tuple[int, int, int],
+    output_mode: str,
+    slab: int = 32,
+    outside: float = 0.0,
+) -> np.ndarray:
+    """Labels on a target grid from logits on another grid, ``slab`` target slices (last axis) at a time.
+
+    Each target voxel centre is mapped into the logits' voxel space (``inv(source_affine) @ target_affine``,
+    both voxel -> world matrices), the logits are interpolated trilinearly there, and the slab's labels are
+    decoded at once: at no point is there a float copy of the whole target volume per channel, only one
+    slab's (Invertd would resample all K channels over the whole scan, and build its sampling grid for it).
+    Voxels that map outside the logits get ``outside`` in every channel (labels mode: background).
+
+    >>> logits = torch.zeros(2, 4, 4, 4); logits[1, 1:3, 1:3, 1:3] = 5.0
+    >>> up = resample_labels_in_slabs(logits, np.diag([2.0, 2, 2, 1]), np.eye(4), (8, 8, 8), "labels", slab=3)
+    >>> up.shape, int(up.sum()), up[3, 3, 3], up[0, 0, 0]
+    ((8, 8, 8), 125, np.uint8(1), np.uint8(0))
+    """
+    import torch.nn.functional as F
+
+    mapping = torch.as_tensor(
+        np.linalg.inv(np.asarray(source_affine, np.float64)) @ np.asarray(target_affine), dtype=torch.float64
+    )
+    src = logits.float()[None]  # (1, K, X, Y, Z): grid_sample reads (N, C, D, H, W) with D = X, H = Y, W = Z
+    size = torch.tensor(src.shape[2:], dtype=torch.float64)
+    out = np.zeros(target_shape, np.uint8)
+    xs = torch.arange(target_shape[0], dtype=torch.float64)
+    ys = torch.arange(target_shape[1], dtype=torch.float64)
+    for start in range(0, target_shape[2], slab):
+        zs = torch.arange(start, min(start + slab, target_shape[2]), dtype=torch.float64)
+        grid = torch.stack(torch.meshgrid(xs, ys, zs, indexing="ij"), dim=-1)  # (X, Y, s, 3) target voxels
+        source = grid @ mapping[:3, :3].T + mapping[:3, 3]  # their positions in logits voxels (x, y, z)
+        normalized = (2 * source / (size - 1).clamp(min=1) - 1).flip(-1).float()  # grid_sample wants (z, y, x)
+        part = F.grid_sample(src - outside, normalized[None], mode="bilinear", padding_mode="zeros", align_corners=True)
+        out[:, :, start : start + len(zs)] = logits_to_labels(part[0] + outside, output_mode)
+    return out
+
+
 def load_network_weights(network: torch.nn.Module, checkpoint: str | os.PathLike, key: str = "network") -> None:
     """Load ``network``'s weights from a training checkpoint or a bare state dict (``weights_only=True``).
 
@@ -84,6 +126,9 @@ class Predictor:
             (label value or ``"all"`` -> ``{keep_largest: k, min_size: n, fill_holes: true}``); empty: none.
         device: where the network runs.
         checkpoint: weights to load (a training checkpoint or a bare state dict); None keeps ``network``'s.
+        inverse_slab: when the preprocessing moved the grid (orientation, spacing, cropping), put the labels
+            back on the scan's grid ``inverse_slab`` slices at a time (``resample_labels_in_slabs``: memory
+            bounded by a slab, for large CTs) instead of ``Invertd`` on the whole logits; None: ``Invertd``.
     """
 
     def __init__(
@@ -95,6 +140,7 @@ class Predictor:
         postprocess: Mapping[Any, Mapping[str, Any]] | None = None,
         device: torch.device | str = "cpu",
         checkpoint: str | os.PathLike | None = None,
+        inverse_slab: int | None = None,
     ) -> None:
         if output_mode not in OUTPUT_MODES:
             raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
@@ -105,6 +151,9 @@ class Predictor:
         self.inferer = inferer
         self.preprocessing = preprocessing
         self.output_mode = output_mode
+        if inverse_slab is not None and (isinstance(inverse_slab, bool) or int(inverse_slab) < 1):
+            raise ValueError(f"inverse_slab must be None or an int >= 1, got {inverse_slab!r}")
+        self.inverse_slab = None if inverse_slab is None else int(inverse_slab)
         from medseg3d.inference.postprocess import parse_rules
 
         # rules are checked now, so a typo fails before the first case runs
@@ -116,12 +165,7 @@ class Predictor:
         from monai.data import MetaTensor
         from monai.transforms import Invertd
 
-        image = MetaTensor(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), affine=affine)
-        data = self.preprocessing({"image": image})
-        inputs = data["image"].unsqueeze(0).to(self.device)
-        with torch.no_grad():
-            out = self.inferer(inputs, self.network)
-        pred = out[0].float().cpu()
+        pred, data = self._forward(array, affine)
         if not data["image"].applied_operations:  # no spatial step to undo (BraTS: intensity only)
             return pred.as_tensor() if isinstance(pred, MetaTensor) else pred
         if not isinstance(pred, MetaTensor):
@@ -131,9 +175,32 @@ class Predictor:
         data = Invertd(keys="pred", transform=self.preprocessing, orig_keys="image", nearest_interp=False)(data)
         return data["pred"].as_tensor()
 
+    def _forward(self, array: np.ndarray, affine: np.ndarray) -> tuple[torch.Tensor, dict]:
+        """Logits on the preprocessed grid (K, ...) and the preprocessed data (its image holds that grid)."""
+        from monai.data import MetaTensor
+
+        image = MetaTensor(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), affine=affine)
+        data = self.preprocessing({"image": image})
+        inputs = data["image"].unsqueeze(0).to(self.device)
+        with torch.no_grad():
+            out = self.inferer(inputs, self.network)
+        return out[0].float().cpu(), data
+
     def __call__(self, array: np.ndarray, affine: np.ndarray) -> np.ndarray:
         """Prepared labels (shape (X, Y, Z), uint8) for the scan ``array`` (C, X, Y, Z) with ``affine``."""
-        labels = logits_to_labels(self.logits(array, affine), self.output_mode)
+        if self.inverse_slab is not None:
+            pred, data = self._forward(array, affine)
+            if data["image"].applied_operations:
+                grid = np.asarray(data["image"].affine, dtype=np.float64)
+                logits = pred.as_tensor() if hasattr(pred, "as_tensor") else pred
+                del data, pred  # only the logits on the preprocessed grid stay
+                labels = resample_labels_in_slabs(
+                    logits, grid, affine, tuple(array.shape[1:]), self.output_mode, self.inverse_slab
+                )
+            else:
+                labels = logits_to_labels(pred.as_tensor() if hasattr(pred, "as_tensor") else pred, self.output_mode)
+        else:
+            labels = logits_to_labels(self.logits(array, affine), self.output_mode)
         if labels.shape != array.shape[1:]:  # Invertd restores the grid; a bundle transform that is not
             raise RuntimeError(  # invertible would land here instead of silently misplacing the labels
                 f"the label map has shape {labels.shape}, the scan {array.shape[1:]}: a preprocessing step of "

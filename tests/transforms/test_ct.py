@@ -41,8 +41,9 @@ AFFINES = {
 }
 
 
+@pytest.mark.parametrize("slab", [None, 7], ids=["invertd", "slabs"])
 @pytest.mark.parametrize("name", sorted(AFFINES))
-def test_inference_output_lies_on_the_input_grid(name: str) -> None:
+def test_inference_output_lies_on_the_input_grid(name: str, slab: int | None) -> None:
     affine = AFFINES[name]
     hu = _phantom()
     predictor = Predictor(
@@ -50,6 +51,7 @@ def test_inference_output_lies_on_the_input_grid(name: str) -> None:
         inferer=SimpleInferer(),
         preprocessing=Compose(ct_preprocessing(spacing=(1.2, 1.2, 1.2))),
         output_mode="labels",
+        inverse_slab=slab,
     )
     labels = predictor(hu[None], affine)
     assert labels.shape == hu.shape
@@ -58,6 +60,25 @@ def test_inference_output_lies_on_the_input_grid(name: str) -> None:
     # resampled to 1.2 mm and back: the structures land where they were, up to the boundary voxels
     assert dice > 0.9, f"{name}: Dice {dice:.3f} to the input's bright voxels"
     assert not labels[hu < -500].any(), "air stays background (outside the body's box too)"
+
+
+@pytest.mark.parametrize("name", sorted(AFFINES))
+def test_slab_inverse_equals_invertd(name: str) -> None:
+    """The memory-bounded inverse (slabs of 5 slices) gives Invertd's labels, up to a few boundary voxels."""
+    hu = _phantom()
+    labels = {}
+    for slab in (None, 5):
+        predictor = Predictor(
+            network=_Bright(),
+            inferer=SimpleInferer(),
+            preprocessing=Compose(ct_preprocessing(spacing=(1.3, 1.1, 1.7))),
+            output_mode="labels",
+            inverse_slab=slab,
+        )
+        labels[slab] = predictor(hu[None], AFFINES[name])
+    differ = np.sum(labels[None] != labels[5])
+    assert differ <= 0.002 * hu.size, f"{differ} voxels differ"
+    assert labels[5].sum() > 1000
 
 
 def test_preprocessing_resamples_crops_and_windows() -> None:
