@@ -18,6 +18,38 @@ import nibabel as nib
 import numpy as np
 
 
+@contextlib.contextmanager
+def keep_locale() -> Iterator[None]:
+    """Restore the process's C locale after a library call that changes it.
+
+    GDCM (through SimpleITK's DICOM writer) sets the C locale to "C" for every category, which turns Python's
+    preferred encoding into ASCII for the rest of the process: ``subprocess`` and ``open`` in text mode then fail
+    on any non-ASCII byte. Each category is put back as it was.
+
+    >>> import locale
+    >>> before = locale.setlocale(locale.LC_ALL)
+    >>> with keep_locale():
+    ...     _ = locale.setlocale(locale.LC_ALL, "C")
+    >>> locale.setlocale(locale.LC_ALL) == before
+    True
+    """
+    import locale
+
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        if locale.setlocale(locale.LC_ALL) != saved:
+            try:
+                locale.setlocale(locale.LC_ALL, saved)
+            except locale.Error:  # a composite string some C libraries cannot take back: per category
+                for part in saved.split(";"):
+                    name, _, value = part.partition("=")
+                    category = getattr(locale, name, None)
+                    if category is not None and value:
+                        locale.setlocale(category, value)
+
+
 def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

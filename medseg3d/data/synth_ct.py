@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from medseg3d.data.io import atomic_path
+from medseg3d.data.io import atomic_path, keep_locale
 
 # Tissue codes of the internal tissue map (see make_ct_tissues); AORTA voxels are exactly the label.
 TISSUE_CODES: dict[str, int] = {
@@ -308,6 +308,11 @@ def _uid(seed: int, index: int, *parts: int) -> str:
 
 def _write_dicom_series(image: sitk.Image, folder: Path, case_id: str, seed: int, index: int) -> Path:
     """Write one .dcm per slice into a hidden sibling folder, then move the whole folder onto ``folder``."""
+    with keep_locale():  # GDCM's writer leaves the process in the "C" locale (ASCII text I/O) otherwise
+        return _write_dicom_slices(image, folder, case_id, seed, index)
+
+
+def _write_dicom_slices(image: sitk.Image, folder: Path, case_id: str, seed: int, index: int) -> Path:
     sz = image.GetSpacing()[2]
     depth = image.GetDepth()
     _uid(seed, index, 4, depth)  # the longest UID written: fail before writing anything

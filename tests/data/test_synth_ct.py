@@ -238,3 +238,14 @@ def test_explicit_spacing_and_minimum_shape():
     hu, aorta, spacing = make_ct_case((16, 16, 16), spacing=(0.8, 0.9, 2.0), seed=1)
     assert spacing == (0.8, 0.9, 2.0) and hu.shape == aorta.shape == (16, 16, 16)
     assert aorta.any() and ndimage.label(aorta, structure=np.ones((3, 3, 3)))[1] == 1
+
+
+def test_writing_dicom_keeps_the_process_locale(tmp_path) -> None:
+    """GDCM's writer switches the C locale to "C"; afterwards text I/O (subprocess output) would be ASCII-only."""
+    import locale
+
+    from medseg3d.data.synth_ct import write_ct_cases
+
+    before = locale.setlocale(locale.LC_ALL)
+    write_ct_cases(tmp_path, cases=1, dicom=True, shape=(16, 16, 16))
+    assert locale.setlocale(locale.LC_ALL) == before
