@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import OUT, REPO, device_name
+from benchmarks.common import REPO, append_results, device_name, metrics_rows, vm_hwm_mb
 
 BUNDLE_3D = REPO / "bundles" / "brats_mri_resunet_3d"
 BUNDLE_2P5D = REPO / "bundles" / "brats_mri_slicestack_2p5d"
@@ -49,23 +49,6 @@ MEDSEG3D = [sys.executable, "-m", "medseg3d.cli"]
 QUICK = ["--optimizer_name", "adamw", "--learning_rate", "0.01", "--lr_schedule", "warmup_cosine"]
 
 
-def _rows(run_dir: Path) -> list[dict[str, str]]:
-    path = run_dir / "metrics.csv"
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _vm_hwm_mb(pid: int) -> float | None:
-    """Peak resident memory of a running process (VmHWM), MiB; None once it is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        return None
-
-
 def train_for(bundle: Path, overrides: list[str], prepared: Path, run_dir: Path, budget: float) -> dict:
     """Train ``bundle`` for ``budget`` seconds; the best validation row, when it came, peak memory."""
     command = [*MEDSEG3D, "train", "--bundle", str(bundle), "--dataset_dir", str(prepared)]
@@ -79,8 +62,8 @@ def train_for(bundle: Path, overrides: list[str], prepared: Path, run_dir: Path,
         stopped = False
         while process.poll() is None:
             elapsed = time.monotonic() - start
-            peak = max(peak, _vm_hwm_mb(process.pid) or 0.0)
-            for row in _rows(run_dir):
+            peak = max(peak, vm_hwm_mb(process.pid) or 0.0)
+            for row in metrics_rows(run_dir):
                 seen.setdefault(int(row["epoch"]), elapsed)
             if elapsed > budget and not stopped:
                 process.send_signal(signal.SIGTERM)  # finishes the iteration (or the validation), saves, exits
@@ -90,7 +73,7 @@ def train_for(bundle: Path, overrides: list[str], prepared: Path, run_dir: Path,
     if process.returncode not in (0, 128 + signal.SIGTERM):
         tail = (run_dir.parent / f"{run_dir.name}_stderr.log").read_text()[-3000:]
         raise RuntimeError(f"training {bundle.name} {overrides} failed ({process.returncode}):\n{tail}")
-    validated = [r for r in _rows(run_dir) if r.get("val_mean_dice")]
+    validated = [r for r in metrics_rows(run_dir) if r.get("val_mean_dice")]
     if not validated:
         raise RuntimeError(f"{bundle.name} {overrides}: no validation within {budget} s (raise --budget)")
     best = max(validated, key=lambda r: float(r["val_mean_dice"]))
@@ -99,7 +82,7 @@ def train_for(bundle: Path, overrides: list[str], prepared: Path, run_dir: Path,
         **{f"best_{k}": round(float(v), 4) for k, v in best.items() if k.startswith("val_dice_") and v},
         "best_epoch": int(best["epoch"]),
         "best_at_s": round(seen.get(int(best["epoch"]), budget), 1),
-        "epochs": len(_rows(run_dir)),
+        "epochs": len(metrics_rows(run_dir)),
         "train_peak_rss_mb": round(peak, 1),
     }
 
@@ -215,10 +198,7 @@ def main() -> int:
         )
         print(json.dumps(record), flush=True)
         results.append(record)
-    OUT.mkdir(exist_ok=True)
-    with open(OUT / "results.jsonl", "a") as f:
-        for record in results:
-            f.write(json.dumps(record) + "\n")
+    append_results(results)
     return 0
 
 

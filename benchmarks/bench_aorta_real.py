@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import OUT, REPO, device_name
+from benchmarks.common import REPO, append_results, device_name, vm_hwm_mb
 
 REAL = REPO.parent / "shared" / "data" / "real"
 BUNDLE = REPO / "bundles" / "ct_aorta_resunet_3d"
@@ -104,14 +104,6 @@ def write_folds(data: Path, held_out: str) -> None:
     result.path.write_text(json.dumps(content, indent=2))
 
 
-def _vm_hwm_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        return 0.0
-
-
 def run_polled(command: list[str], log: Path, budget: float | None = None) -> tuple[int, float, float]:
     """Run ``command`` (SIGTERM after ``budget`` s); exit code, seconds, peak memory (MiB)."""
     start, peak = time.monotonic(), 0.0
@@ -119,7 +111,7 @@ def run_polled(command: list[str], log: Path, budget: float | None = None) -> tu
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         stopped = False
         while process.poll() is None:
-            peak = max(peak, _vm_hwm_mb(process.pid))
+            peak = max(peak, vm_hwm_mb(process.pid) or 0.0)
             if budget is not None and time.monotonic() - start > budget and not stopped:
                 process.send_signal(signal.SIGTERM)
                 stopped = True
@@ -212,10 +204,7 @@ def main() -> int:
     }
     print(json.dumps(record), flush=True)
     records.append(record)
-    OUT.mkdir(exist_ok=True)
-    with open(OUT / "results.jsonl", "a") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
+    append_results(records)
     return 0
 
 

@@ -72,3 +72,32 @@ def run_python(code: str, *args: str) -> dict:
     if result.returncode != 0:
         raise RuntimeError(f"benchmark subprocess failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def append_results(records: list[dict]) -> None:
+    """Append result lines to ``bench_out/results.jsonl`` (benchmarks that print their own record format)."""
+    OUT.mkdir(exist_ok=True)
+    with open(OUT / "results.jsonl", "a") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+
+
+def vm_hwm_mb(pid: int) -> float | None:
+    """Peak resident memory (VmHWM) of a running process, MiB; None once it is gone. Polled by the caller:
+    ``ru_maxrss`` of a finished child would start from the parent's own peak."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return None
+
+
+def metrics_rows(run_dir: Path) -> list[dict[str, str]]:
+    """The rows of a training run's ``metrics.csv`` so far (none before the first epoch ends)."""
+    import csv
+
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))

@@ -12,7 +12,6 @@ seconds since the command started, the validation Dice, and when mean Dice first
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import signal
 import subprocess
@@ -21,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, device_name
+from benchmarks.common import REPO, device_name, metrics_rows
 
 BUNDLE = REPO / "bundles" / "brats_mri_resunet_3d"
 
@@ -55,7 +54,7 @@ def main() -> int:
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, text=True)
     while process.poll() is None:
         elapsed = time.monotonic() - start
-        for row in _rows(run_dir):
+        for row in metrics_rows(run_dir):
             seen.setdefault(int(row["epoch"]), elapsed)
         if elapsed > args.budget:
             process.send_signal(signal.SIGTERM)
@@ -64,7 +63,7 @@ def main() -> int:
     process.wait()
     log.close()
     reached = None
-    for row in _rows(run_dir):
+    for row in metrics_rows(run_dir):
         if not row.get("val_mean_dice"):
             continue
         epoch, dice = int(row["epoch"]), float(row["val_mean_dice"])
@@ -92,14 +91,6 @@ def main() -> int:
         print((work / "train_stderr.log").read_text()[-3000:], file=sys.stderr)
         return 1
     return 0 if reached is not None else 1
-
-
-def _rows(run_dir: Path) -> list[dict[str, str]]:
-    path = run_dir / "metrics.csv"
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 if __name__ == "__main__":
