@@ -119,11 +119,6 @@ def run_polled(command: list[str], log: Path, budget: float | None = None) -> tu
     return process.returncode, time.monotonic() - start, peak
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else float(2 * np.logical_and(a, b).sum() / total)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=240.0, help="seconds of training per held-out case (240)")
@@ -135,6 +130,8 @@ def main() -> int:
         print(json.dumps({"benchmark": "aorta_real", "skipped": f"{REAL} is absent"}))
         return 0
     import SimpleITK as sitk
+
+    from medseg3d.metrics import dice
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_aorta_"))
     work.mkdir(parents=True, exist_ok=True)

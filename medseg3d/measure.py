@@ -63,6 +63,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from medseg3d.metrics import bounding_box
+
 __all__ = ["label_diameters", "max_diameter_mm"]
 
 # Fitted constant of the bulge correction ``C x V^(2/3) / rho`` (see the module docstring).
@@ -95,7 +97,7 @@ def max_diameter_mm(mask: np.ndarray, spacing: Sequence[float]) -> float | None:
     """
     mask = _check_mask(mask)
     sizes = _check_spacing(spacing)
-    box = _bounding_box(mask)
+    box = bounding_box(mask)  # reductions only: no copy of the volume
     if box is None:
         return None
     return _diameter(mask[box] != 0, sizes)
@@ -153,17 +155,6 @@ def _check_spacing(spacing: Sequence[float]) -> np.ndarray:
 
 
 # -- the measurement ---------------------------------------------------------------------------------------
-def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """Slices of the non-zero voxels' bounding box (reductions only: no copy of the volume)."""
-    box = []
-    for axis in range(3):
-        hits = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(3) if a != axis)))
-        if hits.size == 0:
-            return None
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    return tuple(box)
-
-
 def _diameter(crop: np.ndarray, sizes: np.ndarray) -> float | None:
     """Corrected diameter of the largest ball in the boolean ``crop`` (any box holding the whole structure)."""
     from scipy import ndimage

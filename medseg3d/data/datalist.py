@@ -36,7 +36,14 @@ from medseg3d.constants import NIFTI_EXTENSIONS
 from medseg3d.data.brats import safe_case_id
 from medseg3d.data.folds import assign_folds
 from medseg3d.data.io import write_json
-from medseg3d.data.scans import IMAGE_EXTENSIONS, ScanCase, _check_slice_positions, _gdcm_series, _image_extension
+from medseg3d.data.scans import (
+    IMAGE_EXTENSIONS,
+    ScanCase,
+    _check_slice_positions,
+    _gdcm_series,
+    _image_extension,
+    itk_affine_ras,
+)
 from medseg3d.data.volumes import _load_header, _read_data, _spatial_shape
 from medseg3d.errors import InputError
 
@@ -300,14 +307,6 @@ def find_pairs(root: str | os.PathLike) -> tuple[list[Pair], list[Rejection]]:
 # ----------------------------------------------------------------------------------------------------------- checking
 
 
-def _itk_affine(direction: Sequence[float], spacing: Sequence[float], origin: Sequence[float]) -> np.ndarray:
-    """Voxel -> RAS (4, 4) from ITK's (LPS) geometry of a 3D image."""
-    affine = np.eye(4)
-    affine[:3, :3] = np.asarray(direction, dtype=np.float64).reshape(3, 3) * np.asarray(spacing, dtype=np.float64)
-    affine[:3, 3] = origin
-    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
-
-
 def _itk_grid(path: Path, size: Sequence[int], spacing, origin, direction, components: int) -> _Grid:
     """The grid of an ITK image of any dimension; a 3D scalar volume (trailing size-1 axes dropped) expected."""
     dims = len(size)
@@ -319,7 +318,13 @@ def _itk_grid(path: Path, size: Sequence[int], spacing, origin, direction, compo
         dims, shape, spacing, origin = 3, shape[:3], spacing[:3], origin[:3]
     if dims != 3:
         raise InputError(path, f"expected a 3D volume, got a {dims}D image of size {shape}")
-    return _Grid(shape, _itk_affine(direction, spacing, origin))  # type: ignore[arg-type]
+    return _Grid(shape, itk_affine_ras(direction, spacing, origin))  # type: ignore[arg-type]
+
+
+def _sitk_grid(path: Path, image: sitk.Image) -> _Grid:
+    """``_itk_grid`` of a SimpleITK image."""
+    return _itk_grid(path, image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection(),
+                     image.GetNumberOfComponentsPerPixel())  # fmt: skip
 
 
 def _nifti_grid(path: Path, image: nib.Nifti1Image) -> _Grid:
@@ -375,8 +380,7 @@ def _dicom_grid(path: Path) -> tuple[_Grid, str | None]:
         image = reader.Execute()
     except RuntimeError as exc:
         raise _sitk_error(path, "a DICOM series", exc) from None
-    grid = _itk_grid(path, image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection(),
-                     image.GetNumberOfComponentsPerPixel())  # fmt: skip
+    grid = _sitk_grid(path, image)
     _check_slice_positions(ScanCase(path.name, "dicom", path, tuple(slices), uid), reader, image)
     modality = reader.GetMetaData(0, "0008|0060").strip() if reader.HasMetaDataKey(0, "0008|0060") else None
     return grid, modality or None
@@ -399,8 +403,7 @@ def _image_grid(path: Path) -> tuple[_Grid, str | None]:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise _sitk_error(path, "an image", exc) from None
-    grid = _itk_grid(path, image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection(),
-                     image.GetNumberOfComponentsPerPixel())  # fmt: skip
+    grid = _sitk_grid(path, image)
     return grid, None
 
 
@@ -414,8 +417,7 @@ def _read_label(path: Path) -> tuple[_Grid, np.ndarray]:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise _sitk_error(path, "a label image", exc) from None
-    grid = _itk_grid(path, image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection(),
-                     image.GetNumberOfComponentsPerPixel())  # fmt: skip
+    grid = _sitk_grid(path, image)
     return grid, sitk.GetArrayFromImage(image)  # a copy: a view dies with the image
 
 

@@ -415,18 +415,21 @@ def _spacing(affine: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))  # type: ignore[return-value]
 
 
-def sitk_affine_ras(image: sitk.Image) -> np.ndarray:
-    """Voxel -> RAS (4, 4) of an ITK image (whose origin and direction are LPS).
+def itk_affine_ras(direction: Sequence[float], spacing: Sequence[float], origin: Sequence[float]) -> np.ndarray:
+    """Voxel -> RAS (4, 4) from ITK's 3D geometry (direction cosines, spacing and origin, all LPS).
 
-    >>> image = sitk.Image(4, 3, 2, sitk.sitkUInt8)
-    >>> image.SetSpacing((0.5, 0.5, 2.0)); image.SetOrigin((10.0, 20.0, 30.0))
-    >>> sitk_affine_ras(image)[:3].tolist()
+    >>> itk_affine_ras((1, 0, 0, 0, 1, 0, 0, 0, 1), (0.5, 0.5, 2.0), (10.0, 20.0, 30.0))[:3].tolist()
     [[-0.5, 0.0, 0.0, -10.0], [0.0, -0.5, 0.0, -20.0], [0.0, 0.0, 2.0, 30.0]]
     """
     affine = np.eye(4)
-    affine[:3, :3] = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3) * np.asarray(image.GetSpacing())
-    affine[:3, 3] = image.GetOrigin()
+    affine[:3, :3] = np.asarray(direction, dtype=np.float64).reshape(3, 3) * np.asarray(spacing, dtype=np.float64)
+    affine[:3, 3] = origin
     return _LPS_TO_RAS @ affine
+
+
+def sitk_affine_ras(image: sitk.Image) -> np.ndarray:
+    """Voxel -> RAS (4, 4) of a 3D SimpleITK image (whose origin and direction are LPS)."""
+    return itk_affine_ras(image.GetDirection(), image.GetSpacing(), image.GetOrigin())
 
 
 def _sitk_array(path: Path, image: sitk.Image) -> np.ndarray:

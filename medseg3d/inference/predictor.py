@@ -188,19 +188,19 @@ class Predictor:
 
     def __call__(self, array: np.ndarray, affine: np.ndarray) -> np.ndarray:
         """Prepared labels (shape (X, Y, Z), uint8) for the scan ``array`` (C, X, Y, Z) with ``affine``."""
-        if self.inverse_slab is not None:
-            pred, data = self._forward(array, affine)
-            if data["image"].applied_operations:
-                grid = np.asarray(data["image"].affine, dtype=np.float64)
-                logits = pred.as_tensor() if hasattr(pred, "as_tensor") else pred
-                del data, pred  # only the logits on the preprocessed grid stay
-                labels = resample_labels_in_slabs(
-                    logits, grid, affine, tuple(array.shape[1:]), self.output_mode, self.inverse_slab
-                )
-            else:
-                labels = logits_to_labels(pred.as_tensor() if hasattr(pred, "as_tensor") else pred, self.output_mode)
-        else:
+        if self.inverse_slab is None:
             labels = logits_to_labels(self.logits(array, affine), self.output_mode)
+        else:
+            pred, data = self._forward(array, affine)
+            moved = bool(data["image"].applied_operations)
+            grid = np.asarray(data["image"].affine, dtype=np.float64)
+            logits = pred.as_tensor() if hasattr(pred, "as_tensor") else pred
+            del data, pred  # only the logits on the preprocessed grid stay
+            if moved:
+                shape = tuple(array.shape[1:])
+                labels = resample_labels_in_slabs(logits, grid, affine, shape, self.output_mode, self.inverse_slab)
+            else:
+                labels = logits_to_labels(logits, self.output_mode)
         if labels.shape != array.shape[1:]:  # Invertd restores the grid; a bundle transform that is not
             raise RuntimeError(  # invertible would land here instead of silently misplacing the labels
                 f"the label map has shape {labels.shape}, the scan {array.shape[1:]}: a preprocessing step of "

@@ -68,6 +68,13 @@ def _check_index(index: Any, size: int, axis: int) -> int:
     return int(index)
 
 
+def _slice_index(img: NdarrayOrTensor, axis: int, index: Any) -> tuple[int, int]:
+    """(size of ``axis``, ``index`` checked; None: the centre ``size // 2``) of a volume (C, X, Y, Z)."""
+    _check_volume(img)
+    size = int(img.shape[axis + 1])
+    return size, size // 2 if index is None else _check_index(index, size, axis)
+
+
 def _plain(img: NdarrayOrTensor) -> NdarrayOrTensor:
     """``img`` without MetaTensor tracking (a plain tensor sharing the data), numpy arrays as they are."""
     return img.as_tensor() if isinstance(img, MetaTensor) else img
@@ -146,9 +153,7 @@ class SliceStack(Transform):
             ValueError: ``img`` is not 4D.
             IndexError: ``index`` out of range.
         """
-        _check_volume(img)
-        size = int(img.shape[self.axis + 1])
-        index = size // 2 if index is None else _check_index(index, size, self.axis)
+        size, index = _slice_index(img, self.axis, index)
         offsets = np.arange(index - self.k, index + self.k + 1)
         slices = _take(_plain(img), np.clip(offsets, 0, size - 1), self.axis + 1)  # (C, .., 2k+1, ..)
         outside = [j for j, offset in enumerate(offsets) if not 0 <= offset < size]
@@ -230,9 +235,7 @@ class CentreSlice(Transform):
             ValueError: ``img`` is not 4D.
             IndexError: ``index`` out of range.
         """
-        _check_volume(img)
-        size = int(img.shape[self.axis + 1])
-        index = size // 2 if index is None else _check_index(index, size, self.axis)
+        _, index = _slice_index(img, self.axis, index)
         out = _plain(img)[(slice(None),) * (self.axis + 1) + (index,)]
         out = out.clone() if isinstance(out, torch.Tensor) else out.copy()  # not a view into the volume
         return _like(out, img)
