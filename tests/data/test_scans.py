@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from medseg3d.data.io import keep_locale
 from medseg3d.data.scans import (
     NOT_A_BRATS_INPUT,
     NOT_AN_IMAGE,
@@ -125,7 +126,8 @@ def _write_series(
             slice_.SetMetaData(tag, value)
         name = folder / f"{prefix}{(depth - k if reverse_names else k + 1):04d}"
         writer.SetFileName(f"{name}.dcm")  # GDCM picks the format by extension; renamed below
-        writer.Execute(slice_)
+        with keep_locale():  # GDCM's writer leaves the process in the "C" locale (ASCII text I/O)
+            writer.Execute(slice_)
         if uid is None:  # rename tag (0020,000E) to the unused (0020,000F): same length, order kept, UID gone
             raw = bytearray(Path(f"{name}.dcm").read_bytes())
             at = raw.find(b"\x20\x00\x0e\x00")
