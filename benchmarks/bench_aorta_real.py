@@ -124,6 +124,18 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=240.0, help="seconds of training per held-out case (240)")
     parser.add_argument("--phantoms", type=int, default=6, help="synthetic CTs added to the training data (6)")
     parser.add_argument("--throughput-cases", type=int, default=10, help="512x512x300 phantoms to infer (10)")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="max_epochs of each training run, so that the cosine schedule ends "
+        "inside the budget (default: the bundle's)",
+    )
+    parser.add_argument("--num-workers", type=int, default=None, help="data loader workers (default: the bundle's)")
+    parser.add_argument(
+        "--held-out", nargs="+", choices=sorted(CASES), default=list(CASES), help="the cases to hold out (all three)"
+    )
+    parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--work", type=Path, default=None)
     args, _ = parser.parse_known_args()  # make bench passes its own arguments to every benchmark
     if not REAL.is_dir():
@@ -138,11 +150,16 @@ def main() -> int:
     data = build_dataset(work, args.phantoms)
     records = []
     run_dir = None
-    for held_out, (image, _, _) in CASES.items():
+    for held_out in args.held_out:
+        image = CASES[held_out][0]
         write_folds(data, held_out)
         run_dir = work / f"run_{held_out}"
         command = [*MEDSEG3D, "train", "--bundle", str(BUNDLE), "--dataset_dir", str(data / "lists" / held_out)]
         command += ["--output_dir", str(run_dir), "--fold", "1", *TRAIN]
+        if args.epochs is not None:
+            command += ["--max_epochs", str(args.epochs)]
+        if args.num_workers is not None:
+            command += ["--num_workers", str(args.num_workers)]
         code, seconds, peak = run_polled(command, work / f"train_{held_out}.log", args.budget)
         if code not in (0, 128 + signal.SIGTERM):
             print((work / f"train_{held_out}.log").read_text()[-3000:], file=sys.stderr)
@@ -173,12 +190,16 @@ def main() -> int:
             "train_s": round(seconds, 1),
             "epochs": epochs,
             "train_peak_rss_mb": round(peak, 1),
+            "max_epochs": args.epochs,
             "case": f"trained on the 2 other real CTs + {args.phantoms} phantoms for {args.budget:g} s; "
             "reference = TotalSegmentator output, not manual",
             "device": device_name(),
         }
         print(json.dumps(record), flush=True)
         records.append(record)
+    if args.skip_throughput:
+        append_results(records)
+        return 0
 
     from medseg3d.data.synth_ct import write_ct_cases
 

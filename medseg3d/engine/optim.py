@@ -11,6 +11,25 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("warmup_cosine", "poly", "constant")
 
 
+class Float32Loss(torch.nn.Module):
+    """``loss`` computed in float32, outside autocast, whatever precision the network's output has.
+
+    Under AMP the network returns float16 logits, and MONAI's Dice sums the sigmoid of them over the whole
+    batch (``batch=True``): ``torch.sum`` of a float16 tensor is float16, so beyond 65504 (a batch of two
+    128^3 patches has 4.2 M voxels) the denominator is ``inf``, the Dice term a constant 1 with no gradient,
+    and the network learns from the cross-entropy alone (on a GPU it then predicted nothing). Casting the
+    logits costs one float32 copy of the output.
+    """
+
+    def __init__(self, loss: torch.nn.Module):
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: A002 (MONAI's names)
+        with torch.autocast(device_type=input.device.type, enabled=False):
+            return self.loss(input.float(), target)
+
+
 def make_loss(
     name: str = "dice_ce",
     output_mode: str = "regions",
@@ -23,6 +42,7 @@ def make_loss(
         name: ``dice_ce`` (Dice + cross-entropy, BCE for regions), ``dice_focal`` or ``focal``.
         output_mode: ``regions`` (one sigmoid per overlapping region; labels as one-hot regions) or
             ``labels`` (softmax over labels; labels as one channel of class indices).
+            The loss is computed in float32 also under AMP (``Float32Loss``).
         class_weights: optional weight per output channel, for rare classes.
         batch_dice: Dice over all patches of the batch at once (nnU-Net's batch Dice), not per patch. A
             patch without a region (most background patches) then adds to the denominator instead of
@@ -38,10 +58,12 @@ def make_loss(
     sigmoid = output_mode == "regions"
     one_hot = {"to_onehot_y": not sigmoid}
     if name == "dice_ce":
-        return DiceCELoss(sigmoid=sigmoid, softmax=not sigmoid, weight=weight, batch=batch_dice, **one_hot)
-    if name == "dice_focal":
-        return DiceFocalLoss(sigmoid=sigmoid, softmax=not sigmoid, weight=weight, batch=batch_dice, **one_hot)
-    return FocalLoss(use_softmax=not sigmoid, weight=weight, **one_hot)
+        loss = DiceCELoss(sigmoid=sigmoid, softmax=not sigmoid, weight=weight, batch=batch_dice, **one_hot)
+    elif name == "dice_focal":
+        loss = DiceFocalLoss(sigmoid=sigmoid, softmax=not sigmoid, weight=weight, batch=batch_dice, **one_hot)
+    else:
+        loss = FocalLoss(use_softmax=not sigmoid, weight=weight, **one_hot)
+    return Float32Loss(loss)
 
 
 def make_optimizer(

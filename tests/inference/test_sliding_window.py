@@ -369,7 +369,9 @@ def test_gpu_matches_cpu(net):
     x[0, :, 10:80] = image
     cpu = FastSlidingWindowInferer(ROI, 2, 0.5)(x, net)
     gpu_net = copy.deepcopy(net).cuda()
-    fp32 = FastSlidingWindowInferer(ROI, 4, 0.5, amp=False)(x.cuda(), gpu_net)
+    # float32 on the GPU only with TF32 off: cuDNN runs float32 convolutions in TF32 by default (Ampere and later)
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        fp32 = FastSlidingWindowInferer(ROI, 4, 0.5, amp=False)(x.cuda(), gpu_net)
     assert fp32.is_cuda
     torch.testing.assert_close(fp32.cpu(), cpu, atol=1e-3, rtol=1e-3)
     fp16 = FastSlidingWindowInferer(ROI, 4, 0.5, device="cpu", tta=True)(x.cuda(), gpu_net)
