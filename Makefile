@@ -27,6 +27,10 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest --timeout 1800 -q --doctest-modules medseg3d data_prep tests
 
+# The fault and bad-input suite (tests/robustness), its slow parts included: kills, load. Within 20 minutes.
+robustness: $(STAMP)
+	$(BIN)/python -m pytest --timeout 1200 -q tests/robustness
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
