@@ -105,3 +105,39 @@ def test_preprocessing_resamples_crops_and_windows() -> None:
 def test_bad_arguments_are_named(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         ct_preprocessing(**kwargs)
+
+
+@pytest.mark.parametrize("name", sorted(AFFINES))
+def test_slab_spacing_equals_monai_spacing(name: str) -> None:
+    """The slab-wise resampling gives MONAI's ``Spacingd`` voxels, grid and record (so ``inverse`` undoes it)."""
+    from monai.data import MetaTensor
+    from monai.transforms import Spacingd
+
+    from medseg3d.transforms.ct import SlabSpacingd
+
+    hu = _phantom()
+    affine = torch.as_tensor(AFFINES[name])
+    labels = (hu > 300).astype(np.float32) + (hu > 800)
+
+    def data():
+        return {"image": MetaTensor(hu[None].copy(), affine=affine), "label": MetaTensor(labels[None], affine=affine)}
+
+    keys, modes = ["image", "label"], ["bilinear", "nearest"]
+    ours = SlabSpacingd(keys, (1.3, 1.1, 1.6), mode=modes, slab=5)
+    ref = Spacingd(keys, (1.3, 1.1, 1.6), mode=modes, dtype=torch.float32)(data())
+    out = ours(data())
+    for key in keys:
+        assert out[key].shape == ref[key].shape
+        torch.testing.assert_close(out[key].affine, ref[key].affine)
+    torch.testing.assert_close(out["image"].as_tensor(), ref["image"].as_tensor(), atol=0.05, rtol=1e-5)  # HU
+    # labels: equal, but where an output voxel centre falls exactly halfway between two input voxels (float
+    # rounding then decides the nearest neighbour differently in the two implementations)
+    differ = torch.nonzero(out["label"].as_tensor()[0] != ref["label"].as_tensor()[0]).double()
+    if len(differ):
+        mapping = torch.linalg.inv(affine.double()) @ ref["label"].affine.double()
+        source = differ @ mapping[:3, :3].T + mapping[:3, 3]
+        assert ((source - source.floor() - 0.5).abs() < 1e-4).any(dim=1).all(), "a label differs away from a tie"
+    back = ours.inverse(out)
+    for key in keys:
+        assert back[key].shape == (1, *hu.shape) and not back[key].applied_operations
+        torch.testing.assert_close(back[key].affine, affine)
