@@ -38,7 +38,7 @@ from medseg3d.constants import (
 from medseg3d.data.brats import RawCase, detect_edition, find_cases
 from medseg3d.data.folds import assign_folds
 from medseg3d.data.io import write_json, write_text
-from medseg3d.errors import InputError
+from medseg3d.errors import InputError, check_output_folder
 
 logger = logging.getLogger("prep_brats")
 
@@ -320,7 +320,7 @@ def prep_brats(
     Bad cases are reported (``PrepResult.rejected``) and skipped; the others are converted.
 
     Raises:
-        InputError: ``raw_dir`` holds no case at all.
+        InputError: ``raw_dir`` holds no case at all, or ``out_dir`` cannot be created or written.
         ValueError: bad options, or a tree that mixes editions.
     """
     options = options or PrepOptions()
@@ -330,6 +330,7 @@ def prep_brats(
     if out_dir.resolve().is_relative_to(raw_dir.resolve()):
         raise InputError(out_dir, f"the output folder must not lie inside the raw tree {raw_dir}")
     cases = find_cases(raw_dir)
+    check_output_folder(out_dir)
     edition = detect_edition(cases, options.edition)
     logger.info("%d case folders found, BraTS %s naming", len(cases), edition.name)
 
@@ -401,6 +402,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = prep_brats(args.raw, args.out, options)
     except (InputError, ValueError) as exc:
         print(f"prep_brats: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the output cannot be written (disk full, permissions changed mid-run)
+        print(f"prep_brats: error: cannot write the prepared dataset in {args.out}: {exc}", file=sys.stderr)
         return 2
     print(summarize(result))
     print(f"wrote {args.out / 'dataset.json'} and {args.out / 'prep_report.csv'}")

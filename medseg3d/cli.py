@@ -61,6 +61,14 @@ def cmd_datalist(args: argparse.Namespace) -> int:
     return 1 if result.rejected else 0
 
 
+def _check_output(path: object) -> None:
+    """``InputError`` before any work when an output folder given on the command line cannot be written."""
+    from medseg3d.errors import check_output_folder
+
+    if isinstance(path, str | Path) and not str(path).startswith(("$", "@", "%")):
+        check_output_folder(path)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from medseg3d.engine.bundle import find_run, parse_overrides, resume_workflow, run_bundle, run_workflow
     from medseg3d.engine.crossval import train_folds
@@ -69,6 +77,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume is None:
         if args.bundle is None:
             raise ValueError("give --bundle DIR (a new run) or --resume [RUN_DIR] (continue one)")
+        _check_output(overrides.get("output_dir", "runs"))
         if args.folds is not None:
             train_folds(args.bundle, args.folds, overrides, overrides.get("output_dir"))
         else:
@@ -92,6 +101,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_infer(args: argparse.Namespace) -> int:
     from medseg3d.inference.bundle import infer_folder
 
+    _check_output(args.output)
     return infer_folder(
         args.bundle,
         args.input,
@@ -252,6 +262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ValueError as exc:  # InputError included: a clear one-line message, no traceback
+        print(f"medseg3d {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file that cannot be read or written (its name is in the message)
         print(f"medseg3d {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except SystemExit as exc:  # training stopped by SIGINT/SIGTERM: 128 + signal, the resume hint printed

@@ -24,7 +24,7 @@ import numpy as np
 
 from medseg3d.constants import REGIONS
 from medseg3d.data.io import write_json, write_text
-from medseg3d.errors import InputError
+from medseg3d.errors import InputError, check_output_folder
 from medseg3d.metrics import (
     BRATS_CONVENTIONS,
     HD95_EMPTY_MM,
@@ -433,7 +433,7 @@ def evaluate_folders(
         The rows, the summary and the table; ``exit_code`` is 1 when a case failed or has no prediction.
 
     Raises:
-        InputError: the folders cannot be paired at all (see ``pair_cases``).
+        InputError: the folders cannot be paired at all (see ``pair_cases``), or ``out`` cannot be written.
         ValueError: unknown ``task``, ``challenge`` or ``convention``.
     """
     if task not in TASKS:
@@ -447,6 +447,7 @@ def evaluate_folders(
     pred, gt = Path(pred), Path(gt)
     pairs = pair_cases(pred, gt)
     out = Path(out) if out is not None else (pred if pred.is_dir() else pred.parent) / "evaluation"
+    check_output_folder(out)  # before any case is scored in vain
     rows = []
     for pair in tqdm(pairs, desc="evaluate", unit="case", disable=not progress, file=sys.stderr):
         row: dict[str, Any] = {"case_id": pair.case_id, "pred": pair.pred or "", "gt": pair.gt or ""}

@@ -45,7 +45,7 @@ from medseg3d.data.scans import (
     itk_affine_ras,
 )
 from medseg3d.data.volumes import _load_header, _read_data, _spatial_shape
-from medseg3d.errors import InputError
+from medseg3d.errors import InputError, check_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -342,7 +342,10 @@ def _check_nifti_data(path: Path, image: nib.Nifti1Image) -> None:
     (mod 2**32). Anything else (a multi-stream gzip too) is read in full, which raises for a damaged file.
     """
     header = image.header
-    expected = int(header.get_data_offset()) + int(np.prod(image.shape)) * header.get_data_dtype().itemsize
+    # The offset of the file as read (the proxy's): a loaded image's header copy says 0 (nibabel resets vox_offset).
+    offset = getattr(image.dataobj, "offset", None)
+    offset = int(header.get_data_offset() if offset is None else offset)
+    expected = offset + int(np.prod(image.shape)) * header.get_data_dtype().itemsize
     try:
         if path.name.lower().endswith(".nii"):
             sound = path.stat().st_size >= expected
@@ -569,7 +572,8 @@ def build_datalist(
     Raises:
         DatalistError: no usable pair, fewer cases than folds, or ``label_names`` not one per non-zero value
             (``rejected`` carries the rejections so far; nothing is written).
-        InputError: ``root`` is not a folder, or ``out`` holds a dataset.json this command did not write.
+        InputError: ``root`` is not a folder, ``out`` cannot be created or written, or holds a dataset.json this
+            command did not write.
         ValueError: ``folds`` < 1.
 
     Example:
@@ -591,6 +595,7 @@ def build_datalist(
     out = Path(out) if out is not None else root
     path = out / DATASET_JSON
     pairs, rejected = find_pairs(root)
+    check_output_folder(out)
     _check_overwrite(path)
     listed: list[tuple[Pair, str | None]] = []
     values: set[int] = set()

@@ -23,6 +23,12 @@ WORKFLOWS = {
     "inference": (("common.yaml", "inference.yaml"), "infer"),
 }
 _EXPRESSION_PREFIXES = ("$", "@", "%")
+# Ranges of the numeric settings the bundles share (checked on overrides, before anything runs): a value out of
+# range would otherwise fail deep inside MONAI's config machinery, or worse, train without complaint.
+_POSITIVE = frozenset({"learning_rate", "max_epochs", "val_interval", "batch_size", "num_samples",
+                       "accumulation_steps", "sw_batch_size"})  # fmt: skip
+_NON_NEGATIVE = frozenset({"num_workers", "weight_decay", "warmup_epochs", "cache_memory_gb"})
+_POSITIVE_ENTRIES = frozenset({"roi_size", "target_spacing"})
 
 
 def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
@@ -56,7 +62,8 @@ def check_overrides(parser: Any, overrides: Mapping[str, Any]) -> None:
     A key whose current value is an expression (``$...``, ``@...``) is checked against what it resolves
     to when that is plain data (``roi_size`` chosen by device is still a list), and accepts any value
     otherwise (a device, a network); null accepts any value. An int accepts a float where the config
-    holds a float, and a list must stay a list.
+    holds a float, and a list must stay a list. The settings every bundle shares are range-checked too
+    (``learning_rate``, ``max_epochs``, ... positive; ``prob_*`` in [0, 1]; ``roi_size`` entries positive).
     """
     problems = []
     for key, value in overrides.items():
@@ -81,8 +88,36 @@ def check_overrides(parser: Any, overrides: Mapping[str, Any]) -> None:
             ok = isinstance(value, type(current))
         if not ok:
             problems.append(f"{key} expects {_type_name(current)} (like {current!r}), got {value!r}")
+        else:
+            problem = _out_of_range(key, value)
+            if problem:
+                problems.append(problem)
     if problems:
         raise ValueError("bad override: " + "; ".join(problems))
+
+
+def _out_of_range(key: str, value: Any) -> str:
+    """What is wrong with the value of a shared numeric setting, or "" (any other key: "").
+
+    >>> _out_of_range("learning_rate", -1), _out_of_range("prob_flip", 1.5), _out_of_range("max_epochs", 3)
+    ('learning_rate expects a positive number, got -1', 'prob_flip expects a probability in [0, 1], got 1.5', '')
+    """
+    name = key.rsplit("#", 1)[-1]
+    if isinstance(value, bool):
+        return ""
+    if isinstance(value, int | float):
+        if name in _POSITIVE and not value > 0:
+            return f"{key} expects a positive number, got {value!r}"
+        if name in _NON_NEGATIVE and not value >= 0:
+            return f"{key} expects a number >= 0, got {value!r}"
+        if name.startswith("prob_") and not 0 <= value <= 1:
+            return f"{key} expects a probability in [0, 1], got {value!r}"
+        if name == "overlap" and not 0 <= value < 1:
+            return f"{key} expects a number in [0, 1), got {value!r}"
+    if name in _POSITIVE_ENTRIES and isinstance(value, list | tuple):
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in value):
+            return f"{key} expects positive numbers, got {value!r}"
+    return ""
 
 
 def _resolved_plain(parser: Any, key: str) -> Any:
