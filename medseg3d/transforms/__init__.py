@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from medseg3d.transforms.array import (
+    CheckFinite,
     ConnectedComponents,
     CropPadding,
     LabelsToRegions,
@@ -12,6 +13,7 @@ from medseg3d.transforms.array import (
 )
 from medseg3d.transforms.dictionary import (
     CentreSliced,
+    CheckFinited,
     ConnectedComponentsd,
     CropPaddingd,
     LabelsToRegionsd,
@@ -26,6 +28,8 @@ from medseg3d.transforms.slices import CentreSlice, SliceStack, SlicesToVolume, 
 __all__ = [
     "CentreSlice",
     "CentreSliced",
+    "CheckFinite",
+    "CheckFinited",
     "ConnectedComponents",
     "ConnectedComponentsd",
     "CropPadding",

@@ -50,6 +50,38 @@ class NormalizeNonZero(Transform):
         return self._normalize(img)
 
 
+class CheckFinite(Transform):
+    """Refuse an image with NaN or infinite voxels (``InputError`` naming its file), pass it through otherwise.
+
+    Training on such an image makes the loss NaN for every later step; the datalist helper reads only the
+    headers of NIfTI images, so the voxels are checked here, when the loader reads them (once per case with a
+    cached dataset, before the first epoch).
+
+    Example:
+        >>> import torch
+        >>> from monai.data import MetaTensor
+        >>> CheckFinite()(torch.zeros(1, 2, 2, 2)).shape
+        torch.Size([1, 2, 2, 2])
+        >>> bad = MetaTensor(torch.tensor([[[[0.0, float("nan")]]]]), meta={"filename_or_obj": "ct_007.nii.gz"})
+        >>> CheckFinite()(bad)
+        Traceback (most recent call last):
+        ...
+        medseg3d.errors.InputError: ct_007.nii.gz: 1 NaN or infinite voxel(s): expected finite intensities
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        from medseg3d.errors import InputError
+
+        finite = torch.isfinite(img) if isinstance(img, torch.Tensor) else np.isfinite(img)
+        if not bool(finite.all()):
+            name = img.meta.get("filename_or_obj") if isinstance(img, MetaTensor) else None
+            bad = int((~finite).sum())
+            raise InputError(name or None, f"{bad} NaN or infinite voxel(s): expected finite intensities")
+        return img
+
+
 class PadToDivisible(Transform):
     """Pad every spatial axis with zeros up to a multiple of ``k``, symmetrically, and report the widths.
 

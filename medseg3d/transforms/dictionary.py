@@ -11,6 +11,7 @@ from monai.transforms import MapTransform
 from monai.utils import ensure_tuple
 
 from medseg3d.transforms.array import (
+    CheckFinite,
     ConnectedComponents,
     CropPadding,
     LabelsToRegions,
@@ -41,6 +42,16 @@ class NormalizeNonZerod(_KeyedWrapper):
     def __init__(self, keys: KeysCollection, dtype: type = np.float32, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.transform = NormalizeNonZero(dtype=dtype)
+
+
+class CheckFinited(_KeyedWrapper):
+    """Dictionary form of ``CheckFinite``."""
+
+    backend = CheckFinite.backend
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.transform = CheckFinite()
 
 
 class PadToDivisibled(_KeyedWrapper):
