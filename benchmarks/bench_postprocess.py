@@ -13,7 +13,11 @@ RSS, and how much the call added to what the interpreter held before it (``*_add
    versus ``KeepLargestConnectedComponent(independent=False, num_components=2)``;
 3. fill the liver's holes: ``fill_holes`` versus ``scipy.ndimage.binary_fill_holes``;
 4. remove foreground components under 100 voxels: ``{"all": {min_size: 100}}`` versus
-   ``scipy.ndimage.label`` (26-connected) with a size filter.
+   ``scipy.ndimage.label`` (26-connected) with a size filter;
+5. the dense case: what a network with random weights predicts, label 1 on a random half of the voxels
+   (salt and pepper: ~20 M runs along z), keep its largest component: ``{1: {keep_largest: 1}}`` versus
+   ``KeepLargestConnectedComponent(applied_labels=[1])``. Cases 1-4 take the run path of
+   ``medseg3d.inference.postprocess``, this one its dense path (cc3d on the bounding box).
 """
 
 from __future__ import annotations
@@ -72,6 +76,18 @@ def make_label_map(shape: tuple[int, int, int] = SHAPE, seed: int = 0) -> np.nda
     specks = tuple(rng.integers(0, s, 20_000) for s in shape)
     labels[specks] = rng.integers(1, 3, 20_000).astype(np.uint8)
     return labels
+
+
+def make_dense_label_map(shape: tuple[int, int, int] = SHAPE, seed: int = 0) -> np.ndarray:
+    """What a network with random weights predicts: label 1 on a random half of the voxels, uint8 (X, Y, Z)."""
+    return (np.random.default_rng(seed).random(shape, dtype=np.float32) < 0.5).astype(np.uint8)
+
+
+# name -> (how to make it, how a case line describes it)
+LABEL_MAPS: dict[str, tuple[Callable[..., np.ndarray], str]] = {
+    "speckles": (make_label_map, "label map with speckles"),
+    "dense": (make_dense_label_map, "random 50% foreground label map (random weights)"),
+}
 
 
 # Each method takes the label map, prepares what it needs untimed, and returns the call to time.
@@ -143,6 +159,24 @@ def _scipy_small(labels: np.ndarray) -> Callable[[], object]:
     return run
 
 
+def _ours_dense(labels: np.ndarray) -> Callable[[], object]:
+    import torch
+
+    from medseg3d.transforms import ConnectedComponents
+
+    transform = ConnectedComponents({1: {"keep_largest": 1}})
+    return lambda: transform(torch.from_numpy(labels[None]))
+
+
+def _monai_dense(labels: np.ndarray) -> Callable[[], object]:
+    import torch
+    from monai.transforms import KeepLargestConnectedComponent
+
+    transform = KeepLargestConnectedComponent(applied_labels=[1])
+    image = torch.from_numpy(labels[None].copy())
+    return lambda: transform(image)
+
+
 METHODS: dict[str, Callable[[np.ndarray], Callable[[], object]]] = {
     "ours_per_label": _ours_per_label,
     "monai_per_label": _monai_per_label,
@@ -152,23 +186,40 @@ METHODS: dict[str, Callable[[np.ndarray], Callable[[], object]]] = {
     "scipy_fill": _scipy_fill,
     "ours_small": _ours_small,
     "scipy_small": _scipy_small,
+    "ours_dense": _ours_dense,
+    "monai_dense": _monai_dense,
 }
-# (what is compared, ours, baseline, what the baseline is)
+# (what is compared, ours, baseline, what the baseline is, which of LABEL_MAPS)
 CASES = [
     (
         "keep the largest component of each of 2 labels",
         "ours_per_label",
         "monai_per_label",
         "MONAI KeepLargestConnectedComponent(applied_labels=[1, 2])",
+        "speckles",
     ),
     (
         "keep the 2 largest components of the foreground (all labels)",
         "ours_union",
         "monai_union",
         "MONAI KeepLargestConnectedComponent(independent=False, num_components=2)",
+        "speckles",
     ),
-    ("fill the holes of the liver label", "ours_fill", "scipy_fill", "scipy.ndimage.binary_fill_holes"),
-    ("remove foreground components under 100 voxels", "ours_small", "scipy_small", "scipy.ndimage.label + size filter"),
+    ("fill the holes of the liver label", "ours_fill", "scipy_fill", "scipy.ndimage.binary_fill_holes", "speckles"),
+    (
+        "remove foreground components under 100 voxels",
+        "ours_small",
+        "scipy_small",
+        "scipy.ndimage.label + size filter",
+        "speckles",
+    ),
+    (
+        "keep the largest component of label 1",
+        "ours_dense",
+        "monai_dense",
+        "MONAI KeepLargestConnectedComponent(applied_labels=[1])",
+        "dense",
+    ),
 ]
 
 
@@ -192,21 +243,24 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=3, default=SHAPE, metavar=("X", "Y", "Z"))
     args = parser.parse_args()
 
-    start = time.perf_counter()
-    labels = make_label_map(tuple(args.shape))
-    synth_s = time.perf_counter() - start
+    shape = tuple(args.shape)
     work = Path(tempfile.mkdtemp(prefix="bench_postprocess_"))
     try:
-        np.save(work / "labels.npy", labels)
-        for case, ours, baseline, baseline_name in CASES:
+        maps: dict[str, tuple[np.ndarray, float]] = {}
+        for name in sorted({case[4] for case in CASES}):
+            start = time.perf_counter()
+            maps[name] = LABEL_MAPS[name][0](shape), time.perf_counter() - start
+            np.save(work / f"{name}.npy", maps[name][0])
+        for case, ours, baseline, baseline_name, map_name in CASES:
+            labels, synth_s = maps[map_name]
             outputs: dict[str, np.ndarray] = {}
             ours_s, base_s = alternate(_timed(ours, labels, outputs), _timed(baseline, labels, outputs), args.repeats)
             a, b = outputs[ours], outputs[baseline]
-            memory = {name: run_python(_MEMORY, str(work / "labels.npy"), name) for name in (ours, baseline)}
+            memory = {name: run_python(_MEMORY, str(work / f"{map_name}.npy"), name) for name in (ours, baseline)}
             before = labels if a.dtype == labels.dtype else labels == 2
             emit(
                 "postprocess",
-                f"{case}, {'x'.join(map(str, labels.shape))} label map with speckles",
+                f"{case}, {'x'.join(map(str, labels.shape))} {LABEL_MAPS[map_name][1]}",
                 ours_s,
                 baseline_name,
                 base_s,

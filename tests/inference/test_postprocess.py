@@ -10,6 +10,7 @@ from monai.transforms import Compose, KeepLargestConnectedComponent
 from monai.transforms.utils import get_largest_connected_component_mask
 from scipy import ndimage
 
+from medseg3d.inference import postprocess
 from medseg3d.inference.postprocess import (
     LabelRule,
     fill_holes,
@@ -22,6 +23,15 @@ from medseg3d.inference.postprocess import (
 from medseg3d.transforms import ConnectedComponents, ConnectedComponentsd
 
 RANK = {6: 1, 18: 2, 26: 3}  # MONAI/skimage connectivity and scipy structure rank of each connectivity
+PATHS = {"runs": np.inf, "dense": 0.0}  # DENSE_RUNS_PER_VOXEL that forces each path
+
+
+@pytest.fixture(params=sorted(PATHS))
+def path(request, monkeypatch) -> str:
+    """Runs the test once on each labelling path: the graph of runs and cc3d on the bounding box."""
+    monkeypatch.setattr(postprocess, "DENSE_RUNS_PER_VOXEL", PATHS[request.param])
+    monkeypatch.setattr(postprocess, "_CHUNK", 64)  # passes over the label volume in many chunks
+    return request.param
 
 
 def _speckled(shape, density, seed) -> np.ndarray:
@@ -109,7 +119,7 @@ def _postprocess_reference(labels: np.ndarray, rules: dict) -> np.ndarray:
 
 @pytest.mark.parametrize("make_mask", MASKS)
 @pytest.mark.parametrize("connectivity", [6, 18, 26])
-def test_keep_largest_equals_monai(make_mask, connectivity) -> None:
+def test_keep_largest_equals_monai(make_mask, connectivity, path) -> None:
     mask = make_mask()
     for k in (1, 2, 3):
         expected = get_largest_connected_component_mask(mask, connectivity=RANK[connectivity], num_components=k)
@@ -124,7 +134,7 @@ def test_keep_largest_equals_monai(make_mask, connectivity) -> None:
 
 @pytest.mark.parametrize("make_mask", MASKS)
 @pytest.mark.parametrize("connectivity", [6, 18, 26])
-def test_remove_small_equals_scipy(make_mask, connectivity) -> None:
+def test_remove_small_equals_scipy(make_mask, connectivity, path) -> None:
     mask = make_mask()
     for min_voxels in (1, 2, 5, 40):
         expected = _remove_small_reference(mask, min_voxels, connectivity)
@@ -133,7 +143,7 @@ def test_remove_small_equals_scipy(make_mask, connectivity) -> None:
 
 @pytest.mark.parametrize("make_mask", MASKS)
 @pytest.mark.parametrize("connectivity", [6, 18, 26])
-def test_fill_holes_equals_scipy(make_mask, connectivity) -> None:
+def test_fill_holes_equals_scipy(make_mask, connectivity, path) -> None:
     mask = make_mask()
     structure = ndimage.generate_binary_structure(3, RANK[connectivity])
     np.testing.assert_array_equal(fill_holes(mask, connectivity), ndimage.binary_fill_holes(mask, structure))
@@ -164,7 +174,7 @@ def test_fill_holes_default_is_scipys_default() -> None:
         pytest.param(4, 5 * 6 * 7, id="210-single-voxels"),
     ],
 )
-def test_ties_are_broken_like_monai(step, count) -> None:
+def test_ties_are_broken_like_monai(step, count, path) -> None:
     """Hundreds of equal components: numpy's argsort is not stable there, so only the same call agrees."""
     mask = np.zeros((20, 24, 28), dtype=bool)
     mask[::step, ::step, ::step] = True
@@ -180,7 +190,7 @@ def test_ties_are_broken_like_monai(step, count) -> None:
     assert result[0, 0, 0] and result[1, 1, 1]
 
 
-def test_equal_sizes_in_multi_voxel_components() -> None:
+def test_equal_sizes_in_multi_voxel_components(path) -> None:
     """Equal-sized cubes of 8 voxels at different raster positions, with 6-connectivity."""
     mask = np.zeros((22, 19, 26), dtype=bool)
     for x in range(0, 20, 4):
@@ -192,7 +202,7 @@ def test_equal_sizes_in_multi_voxel_components() -> None:
 
 
 @pytest.mark.parametrize("fill", [True, False], ids=["all-ones", "all-zeros"])
-def test_uniform_masks(fill) -> None:
+def test_uniform_masks(fill, path) -> None:
     mask = np.full((9, 12, 7), fill)
     for result in (keep_largest(mask, 2), remove_small(mask, 3), fill_holes(mask, 26)):
         np.testing.assert_array_equal(result, mask)
@@ -224,7 +234,7 @@ def test_uniform_masks(fill) -> None:
         ),
     ],
 )
-def test_postprocess_labels_equals_reference(rules, seed) -> None:
+def test_postprocess_labels_equals_reference(rules, seed, path) -> None:
     labels = _label_map((26, 21, 30), seed)
     before = labels.copy()
     result = postprocess_labels(labels, rules)
@@ -238,7 +248,7 @@ def test_postprocess_labels_equals_reference(rules, seed) -> None:
 
 @pytest.mark.parametrize("seed", [3, 4])
 @pytest.mark.parametrize("connectivity", [6, 26])
-def test_rules_equal_monai_transform(seed, connectivity) -> None:
+def test_rules_equal_monai_transform(seed, connectivity, path) -> None:
     labels = _label_map((18, 27, 22), seed)
     for independent, rules in (
         (True, {label: {"keep_largest": 1, "connectivity": connectivity} for label in (1, 2, 3)}),
@@ -249,7 +259,7 @@ def test_rules_equal_monai_transform(seed, connectivity) -> None:
         np.testing.assert_array_equal(postprocess_labels(labels, rules), expected, err_msg=str(rules))
 
 
-def test_nested_holes_go_to_the_innermost_label() -> None:
+def test_nested_holes_go_to_the_innermost_label(path) -> None:
     """Label 2 shell inside label 1 shell; label 3 voxels inside holes keep their label."""
     labels = np.zeros((21, 19, 23), dtype=np.uint8)
     labels[2:19, 2:17, 2:21] = 1
@@ -269,7 +279,7 @@ def test_nested_holes_go_to_the_innermost_label() -> None:
     assert only_outer[10, 9, 11] == 1 and only_outer[7, 7, 7] == 2
 
 
-def test_removed_voxels_inside_a_hole_are_filled() -> None:
+def test_removed_voxels_inside_a_hole_are_filled(path) -> None:
     labels = np.zeros((15, 16, 17), dtype=np.uint8)
     labels[2:13, 2:14, 2:15] = 1
     labels[4:11, 4:12, 4:13] = 0
@@ -311,6 +321,119 @@ def test_input_types(make) -> None:
     largest = keep_largest(mask, 2)
     assert type(largest) is type(mask) and largest.dtype in (np.bool_, torch.bool)
     np.testing.assert_array_equal(np.asarray(largest), keep_largest(labels == 1, 2))
+
+
+def _tied_mask(density: float, seed: int) -> np.ndarray:
+    """Random noise of ``density`` next to 28 equal cubes of 8 voxels: the cubes tie for the places after the
+    noise's components larger than 8 (``above + 1``, ``above + 2``, ...)."""
+    mask = np.zeros((23, 31, 17), dtype=bool)
+    mask[1:14, 2:29, 1:16] = np.random.default_rng(seed).random((13, 27, 15)) < density
+    for y in range(1, 29, 4):
+        for z in range(1, 15, 4):
+            mask[16:18, y : y + 2, z : z + 2] = True
+    return mask
+
+
+def _check_against_references(mask: np.ndarray, connectivity: int) -> None:
+    """keep_largest (k = 1, 2, 3 and the tied places), remove_small and fill_holes equal MONAI's and scipy's."""
+    structure = ndimage.generate_binary_structure(3, RANK[connectivity])
+    sizes = np.bincount(ndimage.label(mask, structure)[0].ravel())[1:]
+    above = int(np.count_nonzero(sizes > 8))
+    assert np.count_nonzero(sizes == 8) >= 28  # the cubes (and maybe some noise) tie
+    for k in sorted({1, 2, 3, above + 1, above + 2}):
+        expected = get_largest_connected_component_mask(mask, connectivity=RANK[connectivity], num_components=k)
+        np.testing.assert_array_equal(keep_largest(mask, k, connectivity), expected, err_msg=f"k={k}")
+    for min_voxels in (2, 9):
+        expected = _remove_small_reference(mask, min_voxels, connectivity)
+        np.testing.assert_array_equal(remove_small(mask, min_voxels, connectivity), expected)
+    np.testing.assert_array_equal(fill_holes(mask, connectivity), ndimage.binary_fill_holes(mask, structure))
+
+
+@pytest.mark.parametrize("density", [0.05, 0.2, 0.4, 0.6])
+@pytest.mark.parametrize("connectivity", [6, 18, 26])
+def test_dense_masks_with_ties_on_both_paths(density, connectivity, path) -> None:
+    mask = _tied_mask(density, int(density * 100) + connectivity)
+    _check_against_references(mask, connectivity)
+    # the same inside a larger volume: the foreground's bounding box no longer touches the volume's faces
+    padded = np.zeros((30, 36, 25), dtype=bool)
+    padded[4:27, 2:33, 5:22] = mask
+    _check_against_references(padded, connectivity)
+    labels = padded.astype(np.uint8) + (np.random.default_rng(1).random(padded.shape) < 0.1).astype(np.uint8)
+    rules = {1: {"keep_largest": 2, "fill_holes": True, "connectivity": connectivity}, 2: {"fill_holes": True}}
+    np.testing.assert_array_equal(postprocess_labels(labels, rules), _postprocess_reference(labels, rules))
+
+
+def test_dense_path_with_the_box_of_the_runs(monkeypatch) -> None:
+    """A threshold between runs per voxel of the x planes and of the box: the runs' box is the one labelled."""
+    mask = np.zeros((30, 36, 25), dtype=bool)
+    mask[4:27, 2:33, 5:22] = _tied_mask(0.3, 5)
+    idx = np.flatnonzero(mask)
+    runs = postprocess._runs(idx, mask.shape[2])[0].size
+    box = ndimage.find_objects(mask.astype(np.uint8))[0]
+    planes, voxels = (box[0].stop - box[0].start) * 36 * 25, int(np.prod([s.stop - s.start for s in box]))
+    assert voxels < planes / 2
+    monkeypatch.setattr(postprocess, "DENSE_RUNS_PER_VOXEL", runs / np.sqrt(planes * voxels))
+    assert postprocess._plan(idx, mask.shape) == (box, None)
+    for connectivity in (6, 26):
+        _check_against_references(mask, connectivity)
+
+
+def test_default_threshold_picks_the_path() -> None:
+    speckles = _speckled((40, 50, 60), 0.5, 0)  # what a network with random weights predicts
+    assert postprocess._plan(np.flatnonzero(speckles), speckles.shape) == (None, None)
+    cubes = np.zeros((40, 50, 60), dtype=bool)
+    cubes[5:30, 10:40, 20:50] = True  # a trained model's output: few long runs
+    cubes[35, 45, 55] = True
+    box, runs = postprocess._plan(np.flatnonzero(cubes), cubes.shape)
+    assert box is None and runs[0].size == 25 * 30 + 1
+
+
+@pytest.mark.parametrize("density", [0.05, 0.3, 0.92])
+@pytest.mark.parametrize("connectivity", [6, 18, 26])
+def test_cc3d_numbers_components_in_raster_order(density, connectivity, monkeypatch) -> None:
+    """Label j of cc3d on a C-contiguous array is the j-th component in raster order of first voxels."""
+    monkeypatch.setattr(postprocess, "_CHUNK", 50)
+    mask = _speckled((23, 31, 17), density, 7)
+    counts = []
+    for voxels in (mask, ~mask):  # the foreground, and the background that a hole search labels
+        labels, n = postprocess._cc3d(voxels, connectivity)
+        values, first = np.unique(labels.reshape(-1), return_index=True)
+        assert values.tolist() == list(range(n + 1)) and np.all(np.diff(first[1:]) > 0)
+        np.testing.assert_array_equal(postprocess._raster_order(labels, n), np.arange(1, n + 1))
+        # any other numbering is put back in raster order
+        permutation = np.concatenate([[0], np.random.default_rng(n).permutation(n) + 1]).astype(labels.dtype)
+        np.testing.assert_array_equal(postprocess._raster_order(permutation[labels], n), permutation[1:])
+        counts.append(n)
+    assert max(counts) > 3
+
+
+def test_dense_path_does_not_trust_the_numbering(monkeypatch) -> None:
+    """With cc3d's labels shuffled, the ties are still broken as MONAI breaks them."""
+    label_with_cc3d = postprocess._cc3d
+
+    def shuffled(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, int]:
+        labels, n = label_with_cc3d(mask, connectivity)
+        permutation = np.concatenate([[0], np.random.default_rng(n).permutation(n) + 1]).astype(labels.dtype)
+        return permutation[labels], n
+
+    monkeypatch.setattr(postprocess, "_cc3d", shuffled)
+    monkeypatch.setattr(postprocess, "DENSE_RUNS_PER_VOXEL", 0.0)
+    mask = np.zeros((20, 24, 28), dtype=bool)
+    mask[::3, ::3, ::3] = True
+    mask[1, 1, 1] = True
+    for k in (1, 2, 5, 100):
+        expected = get_largest_connected_component_mask(mask, connectivity=3, num_components=k)
+        np.testing.assert_array_equal(keep_largest(mask, k), expected, err_msg=f"k={k}")
+    _check_against_references(_tied_mask(0.2, 3), 18)
+
+
+@pytest.mark.parametrize("dtype", [np.bool_, np.uint8, np.int16, np.float32, np.float64])
+def test_flat_foreground_of_dense_arrays(dtype) -> None:
+    values = (np.random.default_rng(3).random(1003) < 0.6).astype(dtype)
+    if values.dtype.kind == "f":
+        values[[3, 4]] = -0.0
+    np.testing.assert_array_equal(flat_foreground(values), np.flatnonzero(values))
+    np.testing.assert_array_equal(flat_foreground(values.reshape(17, 59).T), np.flatnonzero(values.reshape(17, 59).T))
 
 
 @pytest.mark.parametrize(
@@ -416,7 +539,7 @@ def test_cuda_tensors_come_back_on_their_device() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("connectivity", [6, 26])
-def test_large_label_map_equals_references(connectivity) -> None:
+def test_large_label_map_equals_references(connectivity, path) -> None:
     """A 160x144x120 map: long runs, many rows, thousands of speckles."""
     labels = _label_map((160, 144, 120), 11)
     rules = {
