@@ -74,27 +74,71 @@ def nifti_stem(path: str | os.PathLike) -> str:
     return name
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it onto ``path``, on error delete it.
-
-    The temporary name keeps the destination's extension (``.nii.gz`` included) so that writers which
-    choose the format by extension behave the same as with the final name.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _temporary_beside(path: Path) -> Path:
+    """A new empty file in ``path``'s folder, hidden (``.<name>.<random>.tmp<ext>``), with the usual permissions."""
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     # mkstemp creates files readable by the owner only; give the final file the usual permissions.
     os.chmod(tmp, 0o666 & ~_UMASK)
+    return tmp
+
+
+def _fsync(path: Path) -> None:
+    """Flush ``path``'s data to the disk, so that after a power cut the renamed file is whole, not empty."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``, on error delete it.
+
+    The temporary name keeps the destination's extension (``.nii.gz`` included) so that writers which
+    choose the format by extension behave the same as with the final name. Its data is flushed to the disk
+    before the rename, so the file under ``path`` is always a complete one, the old or the new.
+
+    Raises:
+        OSError: writing failed (a full disk, no permission): the same error number, naming ``path`` (the
+            temporary file is deleted and the old ``path``, if any, is untouched).
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> with atomic_path(folder / "a.txt") as tmp:
+    ...     _ = tmp.write_text("whole")
+    >>> [p.name for p in folder.iterdir()], (folder / "a.txt").read_text()
+    (['a.txt'], 'whole')
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_beside(path)
     try:
         yield tmp
+        _fsync(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename != str(path):
+            # "No space left on device" alone does not say which of many files failed: name the destination.
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
+
+
+def config_path(path: str | os.PathLike) -> str:
+    """``path`` as a MONAI bundle config value that is never read as an expression, a reference or a macro.
+
+    MONAI evaluates a config string starting with ``$`` as Python, resolves ``@id`` and loads ``%file``; a
+    folder or file name can start with any of them. Such a path gets a ``./`` in front (the same file).
+
+    >>> config_path("$__import__('os').getcwd()"), config_path("@network"), config_path("scans/a.nii.gz")
+    ("./$__import__('os').getcwd()", './@network', 'scans/a.nii.gz')
+    """
+    text = os.fspath(path)
+    return os.path.join(".", text) if text.startswith(("$", "@", "%")) else text
 
 
 def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, header: Any = None) -> Path:

@@ -72,9 +72,17 @@ def training_complete(trainer: dict[str, Any], max_epochs: int | None = None) ->
 
 
 def save_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``checkpoint`` to ``path`` atomically: the old file stays whole until the new one is complete."""
+    """Write ``checkpoint`` to ``path`` atomically: the old file stays whole until the new one is complete.
+
+    Raises:
+        OSError: the write failed (a full disk: ``errno.ENOSPC``), naming ``path``; nothing is left behind and
+            the previous ``path`` is intact.
+    """
     with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
+        # Through a Python file object: a failed write is the OSError it is (torch's own file writer turns a
+        # full disk into "RuntimeError: [enforce fail at inline_container.cc] unexpected pos ...").
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
     return Path(path)
 
 

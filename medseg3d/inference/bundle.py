@@ -50,10 +50,13 @@ def infer_overrides(
     >>> infer_overrides("in", "out", "w.pt", device="cpu", overlap=0.25)["device"]
     "$torch.device('cpu')"
     """
+    from medseg3d.data.io import config_path
+
+    # Paths are data: a folder named "$..." or "@..." must not become a config expression (docs/security.md).
     overrides: dict[str, Any] = {
-        "input_dir": str(input_dir),
-        "output_dir": str(output_dir),
-        "checkpoint": str(checkpoint),
+        "input_dir": config_path(input_dir),
+        "output_dir": config_path(output_dir),
+        "checkpoint": config_path(checkpoint),
         "tta": bool(tta),
         "preview": bool(preview),
         "resume": bool(resume),
