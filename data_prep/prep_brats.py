@@ -255,10 +255,20 @@ def _run_cases(todo: list[RawCase], out_dir: Path, edition: BratsEdition, option
 
     with tqdm(total=len(todo), desc="prep_brats", unit="case", file=sys.stderr, dynamic_ncols=True) as bar:
         if options.workers <= 1:
-            for case in todo:
-                bar.set_postfix_str(case.case_id)
-                yield _convert(case, str(out_dir), edition.name, options.divisible)
-                bar.update()
+            # One torch thread here too, as in the worker processes: a case gains nothing from more (240x240x155:
+            # 1.9 s with one or two), and on cores shared with other jobs the OpenMP threads wait for each other
+            # at every small op (200 cases of 56x48x40 on 2 busy cores: 11 s with one, 11 to 32 s with two).
+            import torch
+
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                for case in todo:
+                    bar.set_postfix_str(case.case_id)
+                    yield _convert(case, str(out_dir), edition.name, options.divisible)
+                    bar.update()
+            finally:
+                torch.set_num_threads(threads)
             return
         import multiprocessing
 

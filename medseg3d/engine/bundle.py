@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from medseg3d.data.io import config_path
 from medseg3d.errors import InputError
 
 # workflow -> (config files merged in order, MONAI workflow type)
@@ -225,21 +226,33 @@ def resume_workflow(run_dir: str | os.PathLike, overrides: Mapping[str, Any] | N
         logging_file=str(logging_conf) if logging_conf.is_file() else None,
         workflow_type="train",
     )
-    overrides = {**rebased, **dict(overrides or {}), "output_dir": str(run_dir), "resume": True}
+    overrides = {**rebased, **dict(overrides or {}), "output_dir": config_path(run_dir), "resume": True}
     check_overrides(wf.parser, overrides)
     wf.parser.update(pairs=overrides)
     return wf
 
 
 def run_workflow(wf):
-    """Initialize, run and finalize a ``ConfigWorkflow``; an ``InputError`` inside is re-raised as such."""
+    """Initialize, run and finalize a ``ConfigWorkflow``; an ``InputError``, or else an ``OSError`` naming a file
+    (a full disk), that MONAI's engine wrapped is re-raised as such (the CLI prints it as one line)."""
     try:
         wf.initialize()
         result = wf.run()
         wf.finalize()
     except Exception as exc:
-        cause = root_input_error(exc)
+        cause = root_input_error(exc) or _root_file_error(exc)
         if cause is not None:
             raise cause from None
         raise
     return result
+
+
+def _root_file_error(exc: BaseException) -> OSError | None:
+    """The ``OSError`` naming a file (a full disk, a folder gone) behind a wrapped exception, if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.filename is not None:
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from medseg3d.data.io import write_json, write_text
+from medseg3d.data.io import config_path, write_json, write_text
 from medseg3d.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -134,7 +134,8 @@ def train_folds(
             run_workflow(resume_workflow(run_dir, {k: v for k, v in overrides.items() if k == "max_epochs"}))
         else:
             logger.info("fold %d: training into %s", fold, run_dir)
-            run_workflow(make_workflow(bundle_dir, "train", {**overrides, "fold": fold, "output_dir": str(run_dir)}))
+            fold_overrides = {**overrides, "fold": fold, "output_dir": config_path(run_dir)}
+            run_workflow(make_workflow(bundle_dir, "train", fold_overrides))
     summary = summarize(fold_dirs, out)
     mean, std = summary["mean"], summary["std"]
     print(f"cross-validation over folds {folds}: {out / 'cv_summary.csv'}")

@@ -372,11 +372,6 @@ def test_infer_paths_named_like_expressions_are_plain_paths(tiny_prepared: Path,
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect: medseg3d.engine.bundle.resume_workflow passes the run directory to the config as "
-    "output_dir unescaped (needs medseg3d.data.io.config_path, as medseg3d infer's paths have)",
-)
 def test_train_resume_of_a_run_folder_named_like_an_expression_evaluates_nothing(
     tiny_prepared: Path, tmp_path: Path, monkeypatch
 ) -> None:
