@@ -406,7 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns 0 when every case converted, 1 when any was rejected."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from medseg3d.logs import ConsoleHandler
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", handlers=[ConsoleHandler("stderr")]
+    )
     options = PrepOptions(args.edition, args.folds, args.seed, args.workers, args.overwrite, args.divisible)
     try:
         result = prep_brats(args.raw, args.out, options)
