@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from medseg3d.logs import follow_console
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -21,7 +23,8 @@ def test_bundle_logging_follows_the_current_stdout(bundle: str, capsys) -> None:
         captured = io.StringIO()
         with contextlib.redirect_stdout(captured):  # a caller capturing a first command's output
             conf = REPO / "bundles" / bundle / "configs" / "logging.conf"
-            logging.config.fileConfig(conf, disable_existing_loggers=False)
+            logging.config.fileConfig(conf, disable_existing_loggers=False)  # as MONAI's ConfigWorkflow does
+            follow_console()  # as medseg3d.engine.bundle does right after
         captured.close()
         logging.getLogger("medseg3d.test").warning("after the first command")
         out, err = capsys.readouterr()

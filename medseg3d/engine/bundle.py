@@ -16,6 +16,7 @@ from typing import Any
 
 from medseg3d.data.io import config_path
 from medseg3d.errors import InputError
+from medseg3d.logs import follow_console
 
 # workflow -> (config files merged in order, MONAI workflow type)
 WORKFLOWS = {
@@ -163,6 +164,7 @@ def make_workflow(bundle_dir: str | os.PathLike, workflow: str = "train", overri
         logging_file=str(configs / "logging.conf"),
         workflow_type=workflow_type,
     )
+    follow_console()  # the handler logging.conf put on sys.stdout follows it (medseg3d/logs.py)
     check_overrides(wf.parser, overrides)
     wf.parser.update(pairs=overrides)
     return wf
@@ -226,6 +228,7 @@ def resume_workflow(run_dir: str | os.PathLike, overrides: Mapping[str, Any] | N
         logging_file=str(logging_conf) if logging_conf.is_file() else None,
         workflow_type="train",
     )
+    follow_console()
     overrides = {**rebased, **dict(overrides or {}), "output_dir": config_path(run_dir), "resume": True}
     check_overrides(wf.parser, overrides)
     wf.parser.update(pairs=overrides)
