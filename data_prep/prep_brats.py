@@ -183,7 +183,12 @@ def prepare_case(case: RawCase, out_dir: str | os.PathLike, edition: BratsEditio
         label_counts = {f"{name}_voxels": int(counts[v]) for name, v in PREPARED_LABELS.items() if v}
         save_nifti(seg, padded_affine, out_dir / outputs["label"])
     # Channels last on disk (Medical Decathlon convention); MONAI's loaders move them first again.
-    save_nifti(np.moveaxis(image, 0, -1), padded_affine, out_dir / outputs["image"])
+    try:
+        save_nifti(np.moveaxis(image, 0, -1), padded_affine, out_dir / outputs["image"])
+    except BaseException:  # a full disk, a kill: no label map left without its image
+        if seg is not None:
+            (out_dir / outputs["label"]).unlink(missing_ok=True)
+        raise
 
     spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     row = {

@@ -467,6 +467,7 @@ def test_full_disk_during_prep_brats_rejects_the_case_names_the_file_and_leaves_
     _assert_no_space_error(result.rejected[0]["reason"], refused[0])
     assert _assert_visible_files_load(out) == []  # no temporary file left
     assert not refused[0].exists()
+    assert not (out / "labelsTr" / "BraTS2021_00003.nii.gz").exists()  # no label map without its image
     listed = [entry["case_id"] for entry in json.loads((out / "dataset.json").read_text())["training"]]
     assert "BraTS2021_00003" not in listed and len(listed) == CASES - 1
     reference = _hashes(prep_reference, "imagesTr/*")
