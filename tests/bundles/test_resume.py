@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from ignite.engine import Events
 
 from medseg3d.engine.bundle import make_workflow, run_bundle, run_workflow
@@ -30,20 +29,6 @@ TINY = {
 def _metrics(run_dir: Path) -> list[dict[str, str]]:
     with open(run_dir / "metrics.csv", newline="") as f:
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
-
-
-def _assert_same_run(a: Path, b: Path) -> None:
-    """Same weights, optimizer state, schedule and metrics, bit for bit."""
-    assert _metrics(a) == _metrics(b)
-    for name in ("last.pt", "best.pt"):
-        first, second = (load_checkpoint(run / "checkpoints" / name) for run in (a, b))
-        assert first["trainer"] == second["trainer"]
-        for key, tensor in first["network"].items():
-            assert torch.equal(tensor, second["network"][key]), f"{name}: {key} differs"
-        states = zip(first["optimizer"]["state"].values(), second["optimizer"]["state"].values(), strict=True)
-        for x, y in states:  # momentum buffers (SGD) or moments (AdamW)
-            assert x.keys() == y.keys() and all(torch.equal(torch.as_tensor(x[k]), torch.as_tensor(y[k])) for k in x)
-        assert first["lr_scheduler"] == second["lr_scheduler"]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +49,7 @@ def reference(tiny_prepared: Path, tmp_path_factory) -> Path:
     ],
 )
 def test_interrupt_then_resume_equals_uninterrupted(
-    tiny_prepared: Path, tmp_path: Path, reference: Path, event, signum: int, stopped_at: int
+    tiny_prepared: Path, tmp_path: Path, reference: Path, event, signum: int, stopped_at: int, assert_same_run
 ) -> None:
     run_dir = tmp_path / "run"
     overrides = {**TINY, "dataset_dir": str(tiny_prepared), "output_dir": str(run_dir)}
@@ -83,7 +68,7 @@ def test_interrupt_then_resume_equals_uninterrupted(
     assert len(_metrics(run_dir)) == stopped_at // 2  # only completed epochs have rows
 
     run_workflow(make_workflow(BUNDLE, "train", {**overrides, "resume": True}))
-    _assert_same_run(reference, run_dir)
+    assert_same_run(reference, run_dir)
     record = json.loads((run_dir / "run.json").read_text())
     assert [r["iteration"] for r in record["resumed"]] == [stopped_at]
 
@@ -97,7 +82,13 @@ def test_interrupt_then_resume_equals_uninterrupted(
     ],
 )
 def test_stop_on_the_command_line_then_resume(
-    tiny_prepared: Path, tmp_path: Path, reference: Path, signum: int, exit_code: int, close_stderr: bool
+    tiny_prepared: Path,
+    tmp_path: Path,
+    reference: Path,
+    signum: int,
+    exit_code: int,
+    close_stderr: bool,
+    assert_same_run,
 ) -> None:
     """Ctrl+C reaches the whole process group (DataLoader workers too) at an arbitrary moment, and so does a
     kill; whatever it interrupted, `medseg3d train --resume RUN_DIR` finishes the same run. Two workers
@@ -132,7 +123,7 @@ def test_stop_on_the_command_line_then_resume(
 
     resumed = subprocess.run([*command, "--resume", str(run_dir)], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    _assert_same_run(reference, run_dir)
+    assert_same_run(reference, run_dir)
 
 
 def test_resume_without_a_checkpoint_names_the_file(tmp_path: Path) -> None:

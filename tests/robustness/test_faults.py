@@ -323,25 +323,6 @@ def test_batch_inference_killed_at_a_random_moment_resumes_to_the_same_labels(
     assert _rows(out / "summary.csv", VOLUME_COLUMNS) == _rows(infer_reference / "summary.csv", VOLUME_COLUMNS)
 
 
-def _metrics(run_dir: Path) -> list[dict[str, str]]:
-    with open(run_dir / "metrics.csv", newline="") as f:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
-
-
-def _assert_same_run(a: Path, b: Path) -> None:
-    """Same weights, optimizer state, schedule and metrics, bit for bit (tests/bundles/test_resume.py)."""
-    assert _metrics(a) == _metrics(b)
-    for name in ("last.pt", "best.pt"):
-        first, second = (load_checkpoint(run / "checkpoints" / name) for run in (a, b))
-        assert first["trainer"] == second["trainer"]
-        for key, tensor in first["network"].items():
-            assert torch.equal(tensor, second["network"][key]), f"{name}: {key} differs"
-        states = zip(first["optimizer"]["state"].values(), second["optimizer"]["state"].values(), strict=True)
-        for x, y in states:
-            assert x.keys() == y.keys() and all(torch.equal(torch.as_tensor(x[k]), torch.as_tensor(y[k])) for k in x)
-        assert first["lr_scheduler"] == second["lr_scheduler"]
-
-
 @pytest.fixture(scope="module")
 def train_reference(tiny_prepared: Path, tmp_path_factory) -> Path:
     """The uninterrupted tiny run."""
@@ -369,7 +350,7 @@ SLOW_SAVE = (
 @pytest.mark.slow
 @pytest.mark.parametrize("moment", ["random", "mid-checkpoint-write"])
 def test_training_killed_then_resumed_equals_uninterrupted(
-    tiny_prepared: Path, train_reference: Path, tmp_path: Path, moment: str
+    tiny_prepared: Path, train_reference: Path, tmp_path: Path, moment: str, assert_same_run
 ) -> None:
     """``random``: a SIGKILL at a seeded random time after the first ``last.pt``. ``mid-checkpoint-write``: the
     saves are slowed and the SIGKILL lands while the n-th ``last.pt`` is written to its temporary file, before the
@@ -408,7 +389,7 @@ def test_training_killed_then_resumed_equals_uninterrupted(
 
     resumed = _run([*CLI, "train", "--resume", str(run_dir)])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    _assert_same_run(train_reference, run_dir)
+    assert_same_run(train_reference, run_dir)
 
 
 def test_sigkill_between_checkpoint_write_and_rename_keeps_the_previous_one(tmp_path: Path) -> None:
@@ -547,7 +528,7 @@ def test_full_disk_during_checkpoint_save_names_the_file_and_keeps_the_previous_
 
 @pytest.mark.slow
 def test_full_disk_during_training_stops_with_the_file_named_and_resumes_exactly(
-    tiny_prepared: Path, train_reference: Path, tmp_path: Path, full_disk
+    tiny_prepared: Path, train_reference: Path, tmp_path: Path, full_disk, assert_same_run
 ) -> None:
     """The second epoch's ``last.pt`` finds the disk full: training stops naming it, epoch 1's ``last.pt`` is
     intact, and once there is room ``--resume`` ends where the uninterrupted run does."""
@@ -565,4 +546,4 @@ def test_full_disk_during_training_stops_with_the_file_named_and_resumes_exactly
     assert load_checkpoint(last)["trainer"]["iteration"] == 2
     full_disk("*/never")
     run_workflow(make_workflow(BUNDLE, "train", {**overrides, "resume": True}))
-    _assert_same_run(train_reference, run_dir)
+    assert_same_run(train_reference, run_dir)
