@@ -48,23 +48,12 @@ def resample_labels_in_slabs(
     >>> up.shape, int(up.sum()), up[3, 3, 3], up[0, 0, 0]
     ((8, 8, 8), 125, np.uint8(1), np.uint8(0))
     """
-    import torch.nn.functional as F
+    from medseg3d.transforms.ct import sample_in_slabs
 
-    mapping = torch.as_tensor(
-        np.linalg.inv(np.asarray(source_affine, np.float64)) @ np.asarray(target_affine), dtype=torch.float64
-    )
-    src = logits.float()[None]  # (1, K, X, Y, Z): grid_sample reads (N, C, D, H, W) with D = X, H = Y, W = Z
-    size = torch.tensor(src.shape[2:], dtype=torch.float64)
     out = np.zeros(target_shape, np.uint8)
-    xs = torch.arange(target_shape[0], dtype=torch.float64)
-    ys = torch.arange(target_shape[1], dtype=torch.float64)
-    for start in range(0, target_shape[2], slab):
-        zs = torch.arange(start, min(start + slab, target_shape[2]), dtype=torch.float64)
-        grid = torch.stack(torch.meshgrid(xs, ys, zs, indexing="ij"), dim=-1)  # (X, Y, s, 3) target voxels
-        source = grid @ mapping[:3, :3].T + mapping[:3, 3]  # their positions in logits voxels (x, y, z)
-        normalized = (2 * source / (size - 1).clamp(min=1) - 1).flip(-1).float()  # grid_sample wants (z, y, x)
-        part = F.grid_sample(src - outside, normalized[None], mode="bilinear", padding_mode="zeros", align_corners=True)
-        out[:, :, start : start + len(zs)] = logits_to_labels(part[0] + outside, output_mode)
+    shifted = logits.float() - outside  # sampled with zeros outside: those voxels get ``outside`` back
+    for start, stop, part in sample_in_slabs(shifted, source_affine, target_affine, target_shape, slab):
+        out[:, :, start:stop] = logits_to_labels(part + outside, output_mode)
     return out
 
 

@@ -40,6 +40,34 @@ DEFAULT_HU_WINDOW = (-200.0, 800.0)
 BODY_HU = -500.0
 
 
+def sample_in_slabs(src, source_affine, target_affine, target_shape, slab: int, mode="bilinear", padding_mode="zeros"):
+    """``src`` (C, X, Y, Z) sampled on another grid, ``slab`` target slices (last axis) at a time.
+
+    Each target voxel centre is mapped into ``src``'s voxel space (``inv(source_affine) @ target_affine``, both
+    voxel -> world matrices) and ``src`` is interpolated there with ``grid_sample`` (``mode``, ``padding_mode``).
+    Yields ``(start, stop, part)``, ``part`` of shape (C, X', Y', stop - start): only one slab's sampling grid
+    exists at a time (MONAI builds it for the whole target volume).
+    """
+    import numpy as np
+    import torch.nn.functional as F
+
+    mapping = torch.as_tensor(
+        np.linalg.inv(np.asarray(source_affine, np.float64)) @ np.asarray(target_affine, np.float64),
+        dtype=torch.float64,
+    )
+    src = src[None]  # (1, C, X, Y, Z): grid_sample reads (N, C, D, H, W) with D = X, H = Y, W = Z
+    size = torch.tensor(src.shape[2:], dtype=torch.float64)
+    xs, ys = (torch.arange(n, dtype=torch.float64) for n in target_shape[:2])
+    for start in range(0, target_shape[2], slab):
+        stop = min(start + slab, target_shape[2])
+        zs = torch.arange(start, stop, dtype=torch.float64)
+        grid = torch.stack(torch.meshgrid(xs, ys, zs, indexing="ij"), dim=-1)  # (X, Y, s, 3) target voxels
+        source = grid @ mapping[:3, :3].T + mapping[:3, 3]  # their positions in src voxels (x, y, z)
+        normalized = (2 * source / (size - 1).clamp(min=1) - 1).flip(-1).float()  # grid_sample wants (z, y, x)
+        part = F.grid_sample(src, normalized[None], mode=mode, padding_mode=padding_mode, align_corners=True)
+        yield start, stop, part[0]
+
+
 class SlabSpacingd(InvertibleTransform):
     """``Spacingd(keys, pixdim, mode)``, with the resampling done ``slab`` output slices (last axis) at a time.
 
@@ -80,7 +108,6 @@ class SlabSpacingd(InvertibleTransform):
         return d
 
     def _apply(self, img, mode: str):
-        import torch.nn.functional as F
         from monai.data import MetaTensor
 
         pending = img.pending_operations
@@ -88,18 +115,10 @@ class SlabSpacingd(InvertibleTransform):
             return img
         target_affine = img.peek_pending_affine().to(torch.float64)
         shape = tuple(int(v) for v in img.peek_pending_shape())
-        mapping = torch.linalg.inv(img.affine.to(torch.float64)) @ target_affine
-        src = img.as_tensor().float()[None]  # (1, C, X, Y, Z); grid_sample reads (N, C, D, H, W), D = X
-        size = torch.tensor(src.shape[2:], dtype=torch.float64)
-        out = torch.empty((src.shape[1], *shape), dtype=torch.float32)
-        xs, ys = (torch.arange(n, dtype=torch.float64) for n in shape[:2])
-        for start in range(0, shape[2], self.slab):
-            zs = torch.arange(start, min(start + self.slab, shape[2]), dtype=torch.float64)
-            grid = torch.stack(torch.meshgrid(xs, ys, zs, indexing="ij"), dim=-1)
-            source = grid @ mapping[:3, :3].T + mapping[:3, 3]  # output voxels in input voxel coordinates
-            normalized = (2 * source / (size - 1).clamp(min=1) - 1).flip(-1).float()
-            part = F.grid_sample(src, normalized[None], mode=mode, padding_mode="border", align_corners=True)
-            out[:, :, :, start : start + len(zs)] = part[0]
+        src = img.as_tensor().float()
+        out = torch.empty((src.shape[0], *shape), dtype=torch.float32)
+        for start, stop, part in sample_in_slabs(src, img.affine, target_affine, shape, self.slab, mode, "border"):
+            out[:, :, :, start:stop] = part
         meta = {k: v for k, v in img.meta.items() if k != "affine"}
         result = MetaTensor(out, affine=target_affine.to(img.affine.dtype), meta=meta)
         result.applied_operations = list(img.applied_operations)
