@@ -197,10 +197,14 @@ def main() -> int:
         }
         print(json.dumps(record), flush=True)
         records.append(record)
-    if args.skip_throughput:
-        append_results(records)
-        return 0
+    if not args.skip_throughput:
+        records.append(throughput(args, work, run_dir))
+    append_results(records)
+    return 0
 
+
+def throughput(args: argparse.Namespace, work: Path, run_dir: Path) -> dict:
+    """``medseg3d infer`` over ``--throughput-cases`` phantom CTs of 512x512x300 with ``run_dir``'s weights."""
     from medseg3d.data.synth_ct import write_ct_cases
 
     folder = work / "throughput"
@@ -221,9 +225,7 @@ def main() -> int:
         "device": device_name(),
     }
     print(json.dumps(record), flush=True)
-    records.append(record)
-    append_results(records)
-    return 0
+    return record
 
 
 if __name__ == "__main__":
