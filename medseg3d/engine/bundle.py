@@ -134,9 +134,14 @@ def _resolved_plain(parser: Any, key: str) -> Any:
 
 def root_input_error(exc: BaseException) -> InputError | None:
     """The ``InputError`` behind an exception MONAI's config machinery wrapped, if any."""
+    return _in_chain(exc, lambda e: isinstance(e, InputError))
+
+
+def _in_chain(exc: BaseException | None, match) -> BaseException | None:
+    """The first exception of ``exc``'s cause/context chain for which ``match`` is true, if any."""
     seen = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, InputError):
+        if match(exc):
             return exc
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
@@ -243,19 +248,8 @@ def run_workflow(wf):
         result = wf.run()
         wf.finalize()
     except Exception as exc:
-        cause = root_input_error(exc) or _root_file_error(exc)
+        cause = root_input_error(exc) or _in_chain(exc, lambda e: isinstance(e, OSError) and e.filename is not None)
         if cause is not None:
             raise cause from None
         raise
     return result
-
-
-def _root_file_error(exc: BaseException) -> OSError | None:
-    """The ``OSError`` naming a file (a full disk, a folder gone) behind a wrapped exception, if any."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, OSError) and exc.filename is not None:
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
