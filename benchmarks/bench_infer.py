@@ -229,12 +229,33 @@ def heldout_agreement(work: Path, checkpoint: Path, overrides: dict[str, Any], n
     return {key: round(float(np.mean(values)), 5) for key, values in scores.items()}
 
 
-def bench_speed(
-    work: Path, brats_shape, ct_shape, repeats: int, overrides: dict[str, Any], checkpoint: Path | None, ct: bool = True
-) -> None:
-    import torch
+def bundle_settings(overrides: dict[str, Any]) -> tuple[Any, list[int], int]:
+    """The BraTS inference bundle's device, ``roi_size`` and ``sw_batch_size`` under ``overrides``: the CT
+    comparison runs at the same settings."""
+    from medseg3d.engine.bundle import make_workflow
 
-    # BraTS: the bundle's network at its defaults for this device, random weights
+    parser = make_workflow(BUNDLE, "inference", {"progress": False, **overrides}).parser
+    return tuple(parser.get_parsed_content(key) for key in ("device", "roi_size", "sw_batch_size"))  # type: ignore[return-value]
+
+
+def bench_speed(
+    work: Path,
+    brats_shape,
+    ct_shape,
+    repeats: int,
+    overrides: dict[str, Any],
+    checkpoint: Path | None,
+    ct: bool = True,
+    brats: bool = True,
+) -> None:
+    if brats:
+        bench_brats(work, brats_shape, repeats, overrides, checkpoint)
+    if ct:
+        bench_ct(work, ct_shape, repeats, overrides)
+
+
+def bench_brats(work: Path, brats_shape, repeats: int, overrides: dict[str, Any], checkpoint: Path | None) -> None:
+    # BraTS: the bundle's network at its defaults for this device, weights trained here unless given
     brats_dir = brats_inputs(work, brats_shape)
     if checkpoint is None:
         checkpoint = trained_checkpoint(work, overrides)
@@ -271,8 +292,11 @@ def bench_speed(
         repeats=repeats,
     )
 
-    if not ct:
-        return
+
+def bench_ct(work: Path, ct_shape, repeats: int, overrides: dict[str, Any]) -> None:
+    import torch
+
+    device, roi, sw_batch = bundle_settings(overrides)
     ct_dir = ct_inputs(work, ct_shape)
     torch.manual_seed(0)
     network = ct_network().to(device).eval()
@@ -354,6 +378,7 @@ def main() -> None:
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-ct", action="store_true")
+    parser.add_argument("--skip-brats", action="store_true", help="the CT comparison only (no training)")
     parser.add_argument(
         "--checkpoint", type=Path, default=None, help="BraTS bundle weights (default: trained here for 3 minutes)"
     )
@@ -367,7 +392,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_infer_") as tmp:
         work = Path(tmp)
         if not args.skip_speed:
-            bench_speed(work, brats_shape, ct_shape, repeats, overrides, args.checkpoint, not args.skip_ct)
+            bench_speed(
+                work, brats_shape, ct_shape, repeats, overrides, args.checkpoint, not args.skip_ct, not args.skip_brats
+            )
         if not args.skip_memory:
             bench_memory(work, (120, 120, 78), (2, 6) if args.quick else (5, 20), overrides)
         if args.keep is not None:

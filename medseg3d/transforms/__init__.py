@@ -9,8 +9,10 @@ from medseg3d.transforms.array import (
     LabelsToRegions,
     NormalizeNonZero,
     PadToDivisible,
+    RandTorchGaussianNoise,
     RemapLabels,
 )
+from medseg3d.transforms.compose import TrainCompose
 from medseg3d.transforms.dictionary import (
     CentreSliced,
     CheckFinited,
@@ -19,6 +21,7 @@ from medseg3d.transforms.dictionary import (
     LabelsToRegionsd,
     NormalizeNonZerod,
     PadToDivisibled,
+    RandTorchGaussianNoised,
     RemapLabelsd,
     SliceStackd,
     SlicesToVolumed,
@@ -40,11 +43,14 @@ __all__ = [
     "NormalizeNonZerod",
     "PadToDivisible",
     "PadToDivisibled",
+    "RandTorchGaussianNoise",
+    "RandTorchGaussianNoised",
     "RemapLabels",
     "RemapLabelsd",
     "SliceStack",
     "SliceStackd",
     "SlicesToVolume",
     "SlicesToVolumed",
+    "TrainCompose",
     "slab_size",
 ]

@@ -16,8 +16,15 @@ import numpy as np
 import torch
 from monai.config import NdarrayOrTensor
 from monai.data import MetaTensor
-from monai.transforms import DivisiblePad, MapLabelValue, NormalizeIntensity, Transform
-from monai.utils import TransformBackends, convert_to_dst_type
+from monai.transforms import (
+    DivisiblePad,
+    MapLabelValue,
+    NormalizeIntensity,
+    RandGaussianNoise,
+    RandomizableTransform,
+    Transform,
+)
+from monai.utils import TransformBackends, convert_to_dst_type, get_equivalent_dtype
 
 from medseg3d.inference.postprocess import parse_rules, postprocess_labels
 
@@ -277,3 +284,34 @@ class ConnectedComponents(Transform):
         array = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
         out = postprocess_labels(array[0], self.rules)[None]
         return convert_to_dst_type(out, dst=img, dtype=img.dtype)[0]
+
+
+class RandTorchGaussianNoise(RandGaussianNoise):
+    """MONAI's ``RandGaussianNoise`` with the noise drawn by torch in float32, not by numpy in float64.
+
+    The same distribution (mean ``mean``, standard deviation drawn from U(0, ``std``) when ``sample_std``)
+    and the same arguments; the noise comes from a ``torch.Generator`` seeded from the transform's own
+    random state, so ``set_random_state`` makes it reproducible as before. Drawing 4x64^3 normals this
+    way takes a third of numpy's time (docs/benchmarks.md). The noise is drawn in the output ``dtype``
+    when that is a floating type, else in float32.
+
+    Example:
+        >>> import torch
+        >>> noise = RandTorchGaussianNoise(prob=1.0, std=0.5, sample_std=False)
+        >>> a = noise.set_random_state(7)(torch.zeros(1, 40, 30, 20))
+        >>> b = noise.set_random_state(7)(torch.zeros(1, 40, 30, 20))
+        >>> bool(torch.equal(a, b)), round(float(a.std()), 1), a.dtype
+        (True, 0.5, torch.float32)
+    """
+
+    def randomize(self, img: NdarrayOrTensor, mean: float | None = None) -> None:
+        RandomizableTransform.randomize(self, None)
+        if not self._do_transform:
+            return None
+        std = self.R.uniform(0, self.std) if self.sample_std else self.std
+        dtype = torch.float32 if self.dtype is None else get_equivalent_dtype(self.dtype, torch.Tensor)
+        dtype = dtype if dtype.is_floating_point else torch.float32
+        device = img.device if isinstance(img, torch.Tensor) else torch.device("cpu")
+        generator = torch.Generator(device=device).manual_seed(int(self.R.randint(2**31 - 1)))
+        noise = torch.randn(tuple(img.shape), generator=generator, dtype=dtype, device=device)
+        self.noise = noise.mul_(std).add_(self.mean if mean is None else mean)

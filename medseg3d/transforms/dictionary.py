@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 from monai.config import KeysCollection
-from monai.transforms import MapTransform
+from monai.transforms import MapTransform, RandGaussianNoised
 from monai.utils import ensure_tuple
 
 from medseg3d.transforms.array import (
@@ -17,6 +17,7 @@ from medseg3d.transforms.array import (
     LabelsToRegions,
     NormalizeNonZero,
     PadToDivisible,
+    RandTorchGaussianNoise,
     RemapLabels,
 )
 from medseg3d.transforms.slices import CentreSlice, SliceStack, SlicesToVolume
@@ -191,3 +192,23 @@ class SlicesToVolumed(_KeyedWrapper):
     def __init__(self, keys: KeysCollection, axis: int = 2, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.transform = SlicesToVolume(axis=axis)
+
+
+class RandTorchGaussianNoised(RandGaussianNoised):
+    """MONAI's ``RandGaussianNoised`` (same arguments, one noise shared by the keys) drawing its noise with
+    ``RandTorchGaussianNoise``: torch, float32."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        prob: float = 0.1,
+        mean: float = 0.0,
+        std: float = 0.1,
+        dtype: Any = np.float32,
+        allow_missing_keys: bool = False,
+        sample_std: bool = True,
+    ) -> None:
+        super().__init__(keys, prob, mean, std, dtype, allow_missing_keys, sample_std)
+        self.rand_gaussian_noise = RandTorchGaussianNoise(
+            mean=mean, std=std, prob=1.0, dtype=dtype, sample_std=sample_std
+        )
