@@ -58,13 +58,18 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
+# settings whose None means "off" in the component that takes them (an int or a number otherwise)
+OPTIONAL_SETTINGS = frozenset({"chunk_voxels", "inverse_slab"})
+
+
 def check_overrides(parser: Any, overrides: Mapping[str, Any]) -> None:
     """Raise ``ValueError`` for an override whose key the config lacks or whose value has the wrong type.
 
     A key whose current value is an expression (``$...``, ``@...``) is checked against what it resolves
     to when that is plain data (``roi_size`` chosen by device is still a list), and accepts any value
-    otherwise (a device, a network); null accepts any value. An int accepts a float where the config
-    holds a float, and a list must stay a list. The settings every bundle shares are range-checked too
+    otherwise (a device, a network); null accepts any value, and the settings of ``OPTIONAL_SETTINGS`` accept
+    None (``--chunk_voxels None``: never in chunks). An int accepts a float where the config holds a float,
+    and a list must stay a list. The settings every bundle shares are range-checked too
     (``learning_rate``, ``max_epochs``, ... positive; ``prob_*`` in [0, 1]; ``roi_size`` entries positive).
     """
     problems = []
@@ -76,7 +81,7 @@ def check_overrides(parser: Any, overrides: Mapping[str, Any]) -> None:
         current = parser[key]
         if isinstance(current, str) and current.startswith(_EXPRESSION_PREFIXES):
             current = _resolved_plain(parser, key)
-        if current is None:
+        if current is None or (value is None and key.rsplit("#", 1)[-1] in OPTIONAL_SETTINGS):
             continue
         if isinstance(value, str) and value.startswith(_EXPRESSION_PREFIXES):
             continue

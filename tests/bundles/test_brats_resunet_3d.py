@@ -123,6 +123,7 @@ def _metrics_without_time(path: Path) -> list[dict[str, str]]:
         pytest.param(["--max_epoch", "2"], "unknown key 'max_epoch'", id="unknown-key"),
         pytest.param(["--max_epochs", "two"], "max_epochs expects int (like 300), got 'two'", id="int-as-text"),
         pytest.param(["--max_epochs", "2.5"], "max_epochs expects int", id="int-as-float"),
+        pytest.param(["--max_epochs", "None"], "max_epochs expects int", id="none-for-a-setting-that-needs-one"),
         pytest.param(["--roi_size", "5"], "roi_size expects list", id="list-as-int"),
         pytest.param(["--network_def#norm", "3"], "network_def#norm expects str", id="nested"),
         pytest.param(["--amp", "1"], "amp expects bool", id="expression-resolving-to-bool"),

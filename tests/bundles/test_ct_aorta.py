@@ -17,6 +17,7 @@ import SimpleITK as sitk
 from medseg3d.data.datalist import build_datalist
 from medseg3d.data.synth_ct import write_ct_cases
 from medseg3d.engine.checkpoint import load_checkpoint
+from medseg3d.inference.predictor import chunk_slices
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "ct_aorta_resunet_3d"
@@ -107,6 +108,39 @@ def test_batch_over_nifti_dicom_and_a_corrupt_file(ct_run: Path, tmp_path: Path)
     assert np.allclose(written.GetSpacing(), dicom.GetSpacing(), atol=1e-4)
     assert np.allclose(written.GetDirection(), dicom.GetDirection(), atol=1e-5)
     assert (out / "previews" / "scan_a.png").is_file()
+
+
+def test_a_scan_over_chunk_voxels_goes_in_chunks_onto_its_own_grid(
+    ct_run: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from medseg3d.cli import main
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    write_ct_cases(tmp_path / "n", cases=1, shape=SHAPE, seed=7)[0].rename(scans / "long.nii.gz")
+    checkpoint = str(ct_run / "checkpoints" / "last.pt")
+    chunks = {"chunk_voxels": SHAPE[0] * SHAPE[1] * 16, "chunk_overlap_mm": 12.0}  # 40 slices in chunks of 16
+    affine = nib.load(scans / "long.nii.gz").affine
+    expected = len(chunk_slices(SHAPE, affine, chunks["chunk_voxels"], chunks["chunk_overlap_mm"]))
+    assert expected >= 3
+    code = main(["infer", str(scans), str(tmp_path / "pred"), "--bundle", str(BUNDLE), "--checkpoint", checkpoint]
+                + _args({**NETWORK, **chunks}))  # fmt: skip
+    assert code == 0
+    logged = "".join(capfd.readouterr())  # the bundle's logging.conf logs to the console, not to caplog
+    assert f"segmented in {expected} chunks" in logged, "the scan went in chunks"
+    source, pred = nib.load(scans / "long.nii.gz"), nib.load(tmp_path / "pred" / "long.nii.gz")
+    assert pred.shape == source.shape and np.array_equal(pred.affine, source.affine)
+    assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1}
+
+
+def test_chunk_voxels_none_turns_chunks_off_and_text_fails_before_any_case() -> None:
+    from medseg3d.engine.bundle import make_workflow
+
+    parser = make_workflow(BUNDLE, "inference", {"chunk_voxels": None}).parser
+    assert parser.get_parsed_content("predictor#chunk_voxels") is None
+    assert make_workflow(BUNDLE, "inference", {}).parser.get_parsed_content("predictor#chunk_voxels") == 512 * 512 * 320
+    with pytest.raises(ValueError, match="chunk_voxels expects int"):
+        make_workflow(BUNDLE, "inference", {"chunk_voxels": "all"})
 
 
 REAL = {  # the real CTs and the reference masks they come with (another model's output, not manual)

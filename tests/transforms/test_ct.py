@@ -8,7 +8,7 @@ import torch
 from monai.inferers import SimpleInferer
 from monai.transforms import Compose
 
-from medseg3d.inference.predictor import Predictor
+from medseg3d.inference.predictor import Predictor, chunk_slices
 from medseg3d.transforms.ct import ct_preprocessing
 
 
@@ -141,3 +141,86 @@ def test_slab_spacing_equals_monai_spacing(name: str) -> None:
     for key in keys:
         assert back[key].shape == (1, *hu.shape) and not back[key].applied_operations
         torch.testing.assert_close(back[key].affine, affine)
+
+
+def _chunked_and_whole(hu: np.ndarray, affine: np.ndarray, spacing, chunk_voxels: int, overlap_mm: float):
+    labels = {}
+    for chunks in (None, chunk_voxels):
+        predictor = Predictor(
+            network=_Bright(),
+            inferer=SimpleInferer(),
+            preprocessing=Compose(ct_preprocessing(spacing=spacing)),
+            output_mode="labels",
+            inverse_slab=4,
+            chunk_voxels=chunks,
+            chunk_overlap_mm=overlap_mm,
+        )
+        labels[chunks] = predictor(hu[None], affine)
+    return labels[None], labels[chunk_voxels]
+
+
+def test_chunks_equal_the_whole_scan_for_a_voxelwise_network_on_an_unmoved_grid() -> None:
+    """Target spacing = the scan's, RAS: nothing is interpolated, so chunks must give the whole scan's labels."""
+    hu = _phantom((48, 40, 31))
+    affine = np.diag([0.7, 0.6, 2.5, 1.0])
+    chunk_voxels = 48 * 40 * 9  # chunks of 9 slices, overlapping by 2 (5 mm): 5 chunks
+    assert len(chunk_slices(hu.shape, affine, chunk_voxels, 5.0)) == 5
+    whole, chunked = _chunked_and_whole(hu, affine, (0.7, 0.6, 2.5), chunk_voxels, 5.0)
+    assert chunked.shape == hu.shape and chunked.sum() > 1000
+    np.testing.assert_array_equal(chunked, whole)
+
+
+@pytest.mark.parametrize("name", sorted(AFFINES))
+def test_chunks_land_on_the_scan_grid_on_moved_grids(name: str) -> None:
+    """Resampled (to 1.3 x 1.1 x 1.7 mm) and reoriented chunk by chunk: the labels are the whole scan's up to
+    boundary voxels, and in the right place on the scan's grid."""
+    hu = _phantom((48, 40, 40))
+    whole, chunked = _chunked_and_whole(hu, AFFINES[name], (1.3, 1.1, 1.7), 48 * 40 * 12, 6.0)
+    assert chunked.shape == hu.shape
+    differ = np.sum(whole != chunked)
+    assert differ <= 0.003 * hu.size, f"{name}: {differ} voxels differ from the whole scan's labels"
+    truth = hu > 300
+    dice = 2 * np.sum((chunked == 1) & truth) / (np.sum(chunked == 1) + np.sum(truth))
+    assert dice > 0.9, f"{name}: Dice {dice:.3f} to the input's bright voxels"
+
+
+@pytest.mark.parametrize(
+    "shape, spacing, chunk_voxels, overlap_mm",
+    [
+        ((512, 512, 900), 0.8, 512 * 512 * 320, 100.0),
+        ((30, 20, 97), 2.5, 30 * 20 * 10, 7.0),
+        ((9, 7, 5), 1, 63 * 2, 50),
+    ],
+)
+def test_chunk_slices_tile_the_scan(shape, spacing, chunk_voxels, overlap_mm) -> None:
+    affine = np.diag([1.0, 1.0, spacing, 1.0])
+    chunks = chunk_slices(shape, affine, chunk_voxels, overlap_mm)
+    assert len(chunks) > 1
+    kept = [(a, b) for _, _, a, b in chunks]
+    assert kept[0][0] == 0 and kept[-1][1] == shape[2]
+    assert all(b == a2 for (_, b), (a2, _) in zip(kept, kept[1:], strict=False)), (
+        "kept ranges meet without gap or overlap"
+    )
+    size = max(2, chunk_voxels // (shape[0] * shape[1]))
+    for (start, stop, keep_start, keep_stop), nxt in zip(chunks, chunks[1:] + [None], strict=True):
+        assert stop - start == size and 0 <= start <= keep_start < keep_stop <= stop <= shape[2]
+        if nxt is not None:
+            overlap = stop - nxt[0]
+            assert min(np.ceil(overlap_mm / spacing), size // 2) <= overlap
+            assert keep_stop - nxt[0] >= overlap // 2 and stop - keep_stop >= overlap // 2, "seam mid-overlap"
+    assert chunk_slices(shape, affine, int(np.prod(shape)), overlap_mm) == [(0, shape[2], 0, shape[2])]
+    assert chunk_slices(shape, affine, None, overlap_mm) == [(0, shape[2], 0, shape[2])]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"chunk_voxels": 0}, "chunk_voxels must be None or an int >= 1"),
+        ({"chunk_voxels": True}, "chunk_voxels must be None or an int >= 1"),
+        ({"chunk_overlap_mm": -1.0}, "chunk_overlap_mm must be a number >= 0"),
+        ({"chunk_overlap_mm": float("nan")}, "chunk_overlap_mm must be a number >= 0"),
+    ],
+)
+def test_bad_chunk_arguments_are_named(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Predictor(_Bright(), SimpleInferer(), Compose([]), "labels", **kwargs)
