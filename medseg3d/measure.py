@@ -27,11 +27,17 @@ The largest ball over the whole mask is therefore the largest such circle along 
 **How.** The mask is cropped to its bounding box padded by one background voxel, and split into its
 26-connected components, each measured on its own padded bounding box (exact: the voxel nearest to a component
 outside it is always background, never another component), largest first, skipping those whose box is too
-small to beat the best so far. Memory is bounded by the structure, not the scan: about 5 bytes per voxel of
-the mask's bounding box and 21 bytes per voxel of the largest component's (no float copy of the volume).
+small to beat the best so far. Memory is bounded by the structure, not the scan: component labels and boolean
+copies of the mask's bounding box (about 16 bytes per voxel of it, measured on a blob filling half its box),
+and scipy's distance transform (about 40 bytes per voxel it covers) for at most a slab of a component's box
+along its last axis (``EDT_SLAB_VOXELS``), never for the whole volume, even for a blob over half the scan.
 
 1. ``scipy.ndimage.distance_transform_edt(..., sampling=spacing)`` gives each voxel's distance in mm to the
-   nearest background voxel centre; its maximum is the largest ball centred *on a voxel centre*.
+   nearest background voxel centre; its maximum is the largest ball centred *on a voxel centre*. A box of more
+   than ``EDT_SLAB_VOXELS`` voxels is transformed in slabs of whole slices with margins on both sides: a
+   distance found in a slab is exact where it is at most the margin (the nearest background then lies inside
+   the slab), and a slab whose maximum exceeds its margin is done again with the margin doubled, so the maximum
+   and the voxel it is found at are those of the whole box.
 2. The ball's centre is then moved continuously (grid search over +-1.5 voxels around the deepest voxel, then
    a pattern search down to 1/10000 voxel) to maximise the distance to the nearest background voxel centre
    (a k-d tree of the background voxels next to the mask). Without this, a vessel whose axis runs between
@@ -73,6 +79,7 @@ _SEARCH_HALF_WIDTH = 1.5  # voxels around the deepest voxel where the ball's cen
 _COARSE_POINTS = 13  # grid points per axis over that width (step 1/4 voxel)
 _STARTS = 8  # best grid points refined by the pattern search
 _HALVINGS = 12  # pattern-search step halvings (1/8 voxel down to 1/16384 voxel)
+EDT_SLAB_VOXELS = 1 << 24  # larger boxes get their distance transform in slabs (about 40 bytes a voxel: 670 MB)
 
 
 def max_diameter_mm(mask: np.ndarray, spacing: Sequence[float]) -> float | None:
@@ -192,11 +199,7 @@ def _inscribed_radius(padded: np.ndarray, sizes: np.ndarray) -> float:
     from scipy import ndimage
     from scipy.spatial import cKDTree
 
-    edt = ndimage.distance_transform_edt(padded, sampling=sizes)
-    top = float(edt.max())
-    ties = np.flatnonzero(edt == top)
-    deepest = np.array(np.unravel_index(int(ties[len(ties) // 2]), edt.shape))  # middle of a run of ties
-    del edt, ties
+    top, deepest = _deepest_voxel(padded, sizes)
 
     # Background centres a ball near ``deepest`` can reach: those next to the structure (the nearest
     # background centre to a point inside a foreground voxel always has a foreground 6-neighbour, else one
@@ -234,3 +237,47 @@ def _inscribed_radius(padded: np.ndarray, sizes: np.ndarray) -> float:
         values[better] = found[rows, best][better]
         step = step / 2
     return max(top, float(values.max()))
+
+
+def _deepest_voxel(padded: np.ndarray, sizes: np.ndarray, slab_voxels: int | None = None) -> tuple[float, np.ndarray]:
+    """The maximum of the distance transform of ``padded`` (mm) and the voxel where it is (the middle of its ties
+    in C order), the transform held for a slab of about ``slab_voxels`` voxels at a time (default
+    ``EDT_SLAB_VOXELS``: a core of whole slices and a margin as deep on either side; more where a margin has
+    to double); the same result as on the whole box (module docstring, step 1).
+
+    >>> tube = np.zeros((9, 9, 40), bool)
+    >>> tube[2:7, 2:7, 1:-1] = True
+    >>> whole, sliced = _deepest_voxel(tube, np.ones(3), 10**9), _deepest_voxel(tube, np.ones(3), 81 * 3 * 2)
+    >>> whole[0] == sliced[0] == 3.0 and whole[1].tolist() == sliced[1].tolist()
+    True
+    """
+    from scipy import ndimage
+
+    limit = EDT_SLAB_VOXELS if slab_voxels is None else int(slab_voxels)
+    depth = padded.shape[2]
+    if padded.size <= limit:
+        edt = ndimage.distance_transform_edt(padded, sampling=sizes)
+        top = float(edt.max())
+        ties = np.flatnonzero(edt == top)
+        return top, np.array(np.unravel_index(int(ties[len(ties) // 2]), edt.shape))  # middle of a run of ties
+    core = max(1, limit // (3 * padded.shape[0] * padded.shape[1]))  # a slab: the core and a margin either side
+    margin = core
+    top, ties = 0.0, []
+    for start in range(0, depth, core):
+        stop = min(start + core, depth)
+        while True:
+            lo, hi = max(0, start - margin), min(depth, stop + margin)
+            edt = ndimage.distance_transform_edt(padded[:, :, lo:hi], sampling=sizes)[:, :, start - lo : stop - lo]
+            best = float(edt.max())
+            # beyond the slab lies background >= margin + 1 slices away: a distance up to margin slices is exact
+            if (lo == 0 and hi == depth) or best <= margin * sizes[2]:
+                break
+            margin *= 2
+        if best > 0 and best >= top:
+            if best > top:
+                top, ties = best, []
+            i, j, k = np.nonzero(edt == best)
+            ties.append(np.ravel_multi_index((i, j, k + start), padded.shape))
+        del edt
+    flat = np.sort(np.concatenate(ties))
+    return top, np.array(np.unravel_index(int(flat[len(flat) // 2]), padded.shape))

@@ -179,3 +179,50 @@ def test_bad_arguments_are_refused(mask: np.ndarray, spacing, message: str) -> N
 def test_a_mask_filling_the_whole_scan_is_bounded_by_the_scan() -> None:
     """Outside the scan counts as background: a full 10 x 10 x 30 mm block gives about its 10 mm width."""
     assert abs(max_diameter_mm(np.ones((10, 10, 30), bool), ISO) - 10.0) <= 1.0
+
+
+def _blob(shape, seed: int, sigma: float = 3.0) -> np.ndarray:
+    """Smoothed noise thresholded at its mean: blobs and holes of a few voxels, many components."""
+    noise = np.random.default_rng(seed).standard_normal(shape)
+    return ndimage.gaussian_filter(noise, sigma) > 0
+
+
+@pytest.mark.parametrize(
+    ("shape", "spacing", "slab_voxels"),
+    [
+        ((30, 26, 70), ISO, 30 * 26 * 3 * 4),  # 4-slice cores: margins double until they hold the deepest balls
+        ((24, 31, 57), ANISO, 24 * 31 * 3 * 9),
+        ((20, 20, 45), (0.6, 0.9, 1.2), 1),  # one slice per core
+        ((16, 18, 40), ANISO, 16 * 18 * 3 * 39),  # two slabs, the second one slice
+    ],
+)
+def test_the_distance_transform_in_slabs_finds_the_same_deepest_voxel(shape, spacing, slab_voxels) -> None:
+    from medseg3d.measure import _deepest_voxel
+
+    sizes = np.asarray(spacing, dtype=np.float64)
+    for seed in range(3):
+        padded = np.pad(_blob(shape, seed, sigma=2.0 + seed), 1)
+        whole = _deepest_voxel(padded, sizes, slab_voxels=padded.size)
+        sliced = _deepest_voxel(padded, sizes, slab_voxels=slab_voxels)
+        assert sliced[0] == whole[0] > 0
+        assert sliced[1].tolist() == whole[1].tolist()
+
+
+def test_a_blob_over_most_of_the_scan_is_measured_in_slabs(monkeypatch) -> None:
+    """What a random network labels: one blob over half of a 192 x 160 x 120 scan. The distance transform is
+    held a slab at a time, and the diameter is the one of the whole box."""
+    import medseg3d.measure as measure
+
+    mask = np.pad(_blob((190, 158, 118), seed=5, sigma=4.0), 1)
+    expected = max_diameter_mm(mask, ANISO)  # 3.6e6 voxels: under EDT_SLAB_VOXELS, in one piece
+    monkeypatch.setattr(measure, "EDT_SLAB_VOXELS", 192 * 160 * 3 * 8)
+    tracemalloc.start()
+    try:
+        measured = max_diameter_mm(mask, ANISO)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert measured == expected
+    # 15.6 bytes a voxel here (component labels and boolean copies of the box, one slab's transform); the
+    # distance transform of the whole box takes 56 (scipy's feature transform and its float64 differences)
+    assert peak < 20 * mask.size
