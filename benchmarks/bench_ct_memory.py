@@ -32,18 +32,18 @@ from benchmarks.common import REPO, emit, run_python
 CT_BUNDLE = REPO / "bundles" / "ct_aorta_resunet_3d"
 
 _RUN = r"""
-import json, sys, time
+import json, os, sys, time
 from pathlib import Path
+from benchmarks.common import vm_hwm_mb
 from medseg3d.engine.bundle import make_workflow
 wf = make_workflow(Path(sys.argv[1]), "inference", json.loads(sys.argv[2]))
 wf.initialize()
 start = time.perf_counter()
 rows = wf.parser.get_parsed_content("runner").run()
 seconds = time.perf_counter() - start
-# VmHWM: this interpreter's own peak (ru_maxrss would start from the parent's peak at fork)
-hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
 ok = sum(r["status"] == "ok" for r in rows)
-print(json.dumps({"peak_rss_mb": int(hwm.split()[1]) / 1024, "ok": ok, "seconds": seconds}))
+# VmHWM: this interpreter's own peak (ru_maxrss would start from the parent's peak at fork)
+print(json.dumps({"peak_rss_mb": vm_hwm_mb(os.getpid()), "ok": ok, "seconds": seconds}))
 """
 
 

@@ -255,12 +255,8 @@ def _deepest_voxel(padded: np.ndarray, sizes: np.ndarray, slab_voxels: int | Non
 
     limit = EDT_SLAB_VOXELS if slab_voxels is None else int(slab_voxels)
     depth = padded.shape[2]
-    if padded.size <= limit:
-        edt = ndimage.distance_transform_edt(padded, sampling=sizes)
-        top = float(edt.max())
-        ties = np.flatnonzero(edt == top)
-        return top, np.array(np.unravel_index(int(ties[len(ties) // 2]), edt.shape))  # middle of a run of ties
-    core = max(1, limit // (3 * padded.shape[0] * padded.shape[1]))  # a slab: the core and a margin either side
+    # one slab, the whole box, when it fits; else a core of whole slices and a margin as deep either side
+    core = depth if padded.size <= limit else max(1, limit // (3 * padded.shape[0] * padded.shape[1]))
     margin = core
     top, ties = 0.0, []
     for start in range(0, depth, core):
@@ -280,4 +276,4 @@ def _deepest_voxel(padded: np.ndarray, sizes: np.ndarray, slab_voxels: int | Non
             ties.append(np.ravel_multi_index((i, j, k + start), padded.shape))
         del edt
     flat = np.sort(np.concatenate(ties))
-    return top, np.array(np.unravel_index(int(flat[len(flat) // 2]), padded.shape))
+    return top, np.array(np.unravel_index(int(flat[len(flat) // 2]), padded.shape))  # middle of a run of ties

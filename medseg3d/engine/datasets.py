@@ -136,12 +136,10 @@ def _as_compose(transform: Sequence[Callable] | Callable | None):
 
 def _deterministic_prefix(transform: Any, item: Mapping[str, Any]) -> Any:
     """``item`` through the transforms ``CacheDataset`` caches: those before the first random one."""
-    from monai.transforms import RandomizableTrait, Transform
+    from medseg3d.transforms.compose import is_random
 
     compose = _as_compose(transform)
-    first_random = compose.get_index_of_first(
-        lambda t: isinstance(t, RandomizableTrait) or not isinstance(t, Transform)
-    )
+    first_random = compose.get_index_of_first(is_random)
     return compose(deepcopy(item), end=first_random, threading=True)
 
 
