@@ -39,6 +39,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -48,6 +49,8 @@ from typing import Any, NamedTuple, TypeVar
 import torch
 import torch.nn.functional as F
 from monai.inferers import Inferer
+
+from medseg3d.inference.cpu_kernels import KernelChoice
 
 logger = logging.getLogger(__name__)
 
@@ -235,6 +238,9 @@ class FastSlidingWindowInferer(Inferer):
             on the faces of the box, i.e. background as the network sees it next to the foreground, which is
             what the stock path gives there; a float, or one float per output channel. (The output on an
             all-zero window is no substitute: a network never trained on one can call it foreground.)
+        cpu_kernels: on a CPU, run each 3D convolution layer with whichever of oneDNN and PyTorch's native
+            kernel was faster on its input shape, timed at its first window batch
+            (``medseg3d.inference.cpu_kernels``; equal logits to float rounding).
 
     Raises:
         ValueError: an argument out of range, naming it; at call time an input that is not (B, C, X, Y, Z),
@@ -259,6 +265,7 @@ class FastSlidingWindowInferer(Inferer):
         tta_axes: Sequence[int] = (0, 1, 2),
         amp: bool | None = None,
         outside: str | float | Sequence[float] = "auto",
+        cpu_kernels: bool = True,
     ) -> None:
         super().__init__()
         self.roi_size = _triple(roi_size, "roi_size", int)
@@ -299,6 +306,8 @@ class FastSlidingWindowInferer(Inferer):
         self.tta_axes = axes
         self.amp = amp
         self.outside = outside
+        self.cpu_kernels = cpu_kernels
+        self._kernels = KernelChoice()
         self._flips = flip_combinations(axes) if tta else [()]
         from monai.data.utils import compute_importance_map
 
@@ -387,7 +396,11 @@ class FastSlidingWindowInferer(Inferer):
             start += size
             if size < least:  # a lone image runs beside a copy of itself: still faster on a CPU (CPU_MIN_BATCH)
                 part = part.repeat(least, 1, 1, 1, 1)
-            with torch.autocast(batch.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            tune = self.cpu_kernels and batch.device.type == "cpu" and isinstance(net.module, torch.nn.Module)
+            with (
+                torch.autocast(batch.device.type, dtype=autocast or torch.float32, enabled=autocast is not None),
+                self._kernels.choose(net.module) if tune else contextlib.nullcontext(),
+            ):
                 out = net.module(part, *net.args, **net.kwargs)
             if not isinstance(out, torch.Tensor) or tuple(out.shape[2:]) != self.roi_size or len(out) != len(part):
                 shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
