@@ -1,33 +1,36 @@
-"""Per-layer choice of PyTorch's CPU convolution kernel, timed once per input shape (like ``cudnn.benchmark``).
+"""Per-layer choice of PyTorch's CPU convolution kernel, learnt from the first calls (like ``cudnn.benchmark``).
 
 On a CPU PyTorch runs 3D convolutions with oneDNN (``mkldnn``) whenever it can, and oneDNN is much faster for
 most layers of a U-Net. Not for all: on the project's 2-core AVX2 CPU the Res-UNet's last transposed
 convolution (32 -> 2 channels, 32^3 -> 64^3, two windows) takes 12.7 ms in oneDNN and 7.3 ms in PyTorch's own
 kernel (an MKL matrix product and col2vol), a tenth of the whole network's convolution time. Which kernel wins
 depends on the CPU, the layer and the input shape (oneDNN on a channels-last copy of the input wins for some
-others: 6.4 instead of 7.5 ms for 16 -> 16 channels at 32^3), so it is measured rather than guessed:
+others: 6.4 instead of 7.5 ms for 16 -> 16 channels at 32^3), so it is measured rather than guessed.
 
-``KernelChoice`` remembers, per layer and input shape, which of the ``KERNELS`` was fastest; ``choose(network)``
-is a context manager under which each ``Conv3d`` / ``ConvTranspose3d`` of ``network`` runs with that choice,
-timing every kernel (best of ``repeats``) the first time it sees a shape. The network object is left as it was
-on exit (its modules, parameters and state dict are never changed). The kernels compute the same sums in
-another order: outputs agree to float32 rounding (about 1e-6 relative).
+``choose(network)`` is a context manager under which each ``Conv3d`` / ``ConvTranspose3d`` of ``network`` runs
+with the kernel ``KernelChoice`` chose for that layer and input shape. The first calls with a new shape are the
+trials: each candidate of ``KERNELS`` in turn serves ``samples`` real calls, timed, then the fastest (by its best
+call) serves every later one. Nothing is computed twice, so the choice costs only the trial calls' share of a
+slower kernel. The network object is left as it was on exit (modules, parameters and state dict unchanged). The
+kernels compute the same sums in another order: outputs agree to float32 rounding (about 1e-6 relative).
 
 Example:
     >>> import torch
     >>> conv = torch.nn.Conv3d(2, 3, 3, padding=1).eval()
     >>> x = torch.rand(2, 2, 8, 6, 4)
-    >>> choice = KernelChoice()
+    >>> choice = KernelChoice(samples=1)
     >>> with torch.inference_mode(), choice.choose(conv):
-    ...     tuned = conv(x)
-    >>> torch.allclose(tuned, conv(x), atol=1e-5), len(choice.chosen), "forward" in vars(conv)
+    ...     tuned = [conv(x) for _ in range(4)]  # 3 trials (one per kernel), then the fastest
+    >>> all(torch.allclose(t, conv(x), atol=1e-5) for t in tuned), len(choice.chosen), "forward" in vars(conv)
     (True, 1, False)
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 
@@ -40,6 +43,11 @@ LAYERS = (torch.nn.Conv3d, torch.nn.ConvTranspose3d)
 # the candidates, the default first: oneDNN; PyTorch's native kernel (oneDNN off for the layer); oneDNN on a
 # channels-last copy of the input (the output is made contiguous again, so the next layer sees what it expects)
 KERNELS = ("onednn", "native", "onednn_channels_last")
+# PyTorch's native kernel unfolds the input into a matrix of (channels x kernel taps) x voxels per image (vol2col):
+# 16 GB for a 32-channel layer of nnU-Net's 112x160x128 patch in pairs, and as slow as it is large. It is a
+# candidate only when that matrix stays under this many bytes (where it wins, layers are small: 14 MB for the
+# Res-UNet's last transposed convolution).
+NATIVE_MAX_BYTES = 1 << 27
 
 
 @contextlib.contextmanager
@@ -53,36 +61,50 @@ def _onednn(enabled: bool) -> Iterator[None]:
         torch.backends.mkldnn.enabled = before
 
 
-def _time(fn: Callable[[], torch.Tensor], repeats: int) -> float:
-    """Best of ``repeats`` timed calls of ``fn``, after one untimed warm-up call."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+def native_columns_bytes(layer: torch.nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the column matrix PyTorch's native kernel builds for ``layer`` on ``x`` (N, C, X, Y, Z), bounded
+    from above: taps x input channels x input voxels for a convolution (whose output has at most the input's
+    voxels), taps x output channels x input voxels for a transposed one, for all N images.
+
+    >>> native_columns_bytes(torch.nn.ConvTranspose3d(32, 2, 3, stride=2), torch.zeros(2, 32, 32, 32, 32))
+    14155776
+    """
+    channels = layer.out_channels if isinstance(layer, torch.nn.ConvTranspose3d) else layer.in_channels
+    taps = channels // layer.groups * math.prod(layer.kernel_size)
+    return taps * x.shape[0] * math.prod(x.shape[2:]) * x.element_size()
+
+
+def _call(kernel: str, run: Callable[..., torch.Tensor], layer, x: torch.Tensor, args, kwargs) -> torch.Tensor:
+    """``layer``'s own ``forward`` (``run``) on ``x`` with ``kernel``, one of ``KERNELS``."""
+    if kernel == "native":
+        with _onednn(False):
+            return run(layer, x, *args, **kwargs)
+    if kernel == "onednn_channels_last":
+        return run(layer, x.contiguous(memory_format=torch.channels_last_3d), *args, **kwargs).contiguous()
+    return run(layer, x, *args, **kwargs)
 
 
 class KernelChoice:
     """Which CPU kernel each 3D convolution layer runs, per input shape: one of ``KERNELS``.
 
     Args:
-        repeats: timed runs of each kernel (after one untimed warm-up run each); the best run counts.
+        samples: timed calls each candidate serves before the choice; its fastest call counts (the first call
+            of a kernel on a shape also builds its plan, so 2 leaves one warm call to compare).
 
     Attributes:
-        chosen: ``{(id(layer), shape, dtype): kernel}``, filled as layers meet new shapes.
+        chosen: ``{(id(layer), shape, dtype): kernel}``, filled as layers finish their trials.
     """
 
-    def __init__(self, repeats: int = 3) -> None:
-        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-            raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
-        self.repeats = repeats
+    def __init__(self, samples: int = 2) -> None:
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+            raise ValueError(f"samples must be an int >= 1, got {samples!r}")
+        self.samples = samples
         self.chosen: dict[tuple, str] = {}
+        self._trials: dict[tuple, dict[str, list[float]]] = {}
 
     @contextlib.contextmanager
     def choose(self, network: torch.nn.Module) -> Iterator[None]:
-        """Run the ``Conv3d`` / ``ConvTranspose3d`` layers of ``network`` with their fastest CPU kernel inside
+        """Run the ``Conv3d`` / ``ConvTranspose3d`` layers of ``network`` with their chosen CPU kernel inside
         the block (inputs on other devices, or when oneDNN is not available or turned off, run as usual)."""
         if not torch.backends.mkldnn.is_available() or not isinstance(network, torch.nn.Module):
             yield
@@ -90,34 +112,32 @@ class KernelChoice:
         layers = [m for m in network.modules() if type(m) in LAYERS and "forward" not in vars(m)]
         try:
             for layer in layers:
-                layer.forward = self._forward(layer)  # an instance attribute: shadows the class's forward
+                layer.forward = functools.partial(self._forward, layer)  # shadows the class's forward
             yield
         finally:
             for layer in layers:
                 vars(layer).pop("forward", None)
 
-    def _forward(self, layer: torch.nn.Module) -> Callable[..., torch.Tensor]:
+    def _forward(self, layer: torch.nn.Module, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         run = type(layer).forward
-
-        def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-            if x.device.type != "cpu" or x.ndim != 5 or not torch.backends.mkldnn.enabled:
-                return run(layer, x, *args, **kwargs)
-            key = (id(layer), tuple(x.shape), x.dtype)
-            kernel = self.chosen.get(key)
-            if kernel is None:
-                seconds = {k: _time(lambda k=k: _call(k, run, layer, x, args, kwargs), self.repeats) for k in KERNELS}
-                kernel = self.chosen[key] = min(KERNELS, key=seconds.__getitem__)  # ties: the first, oneDNN
-                if kernel != KERNELS[0]:
-                    logger.debug("%s on %s: %s (%s)", layer, tuple(x.shape), kernel, seconds)
-            return _call(kernel, run, layer, x, args, kwargs)
-
-        return forward
-
-
-def _call(kernel: str, run: Callable[..., torch.Tensor], layer, x: torch.Tensor, args, kwargs) -> torch.Tensor:
-    if kernel == "native":
-        with _onednn(False):
+        if x.device.type != "cpu" or x.ndim != 5 or not torch.backends.mkldnn.enabled:
             return run(layer, x, *args, **kwargs)
-    if kernel == "onednn_channels_last":
-        return run(layer, x.contiguous(memory_format=torch.channels_last_3d), *args, **kwargs).contiguous()
-    return run(layer, x, *args, **kwargs)
+        key = (id(layer), tuple(x.shape), x.dtype)
+        kernel = self.chosen.get(key)
+        if kernel is not None:
+            return _call(kernel, run, layer, x, args, kwargs)
+        trials = self._trials.get(key)
+        if trials is None:
+            native = native_columns_bytes(layer, x) <= NATIVE_MAX_BYTES
+            trials = self._trials[key] = {k: [] for k in KERNELS if k != "native" or native}
+        kernel = next(k for k, times in trials.items() if len(times) < self.samples)
+        start = time.perf_counter()
+        out = _call(kernel, run, layer, x, args, kwargs)
+        trials[kernel].append(time.perf_counter() - start)
+        if all(len(times) == self.samples for times in trials.values()):
+            best = {k: min(times) for k, times in trials.items()}
+            self.chosen[key] = min(best, key=best.__getitem__)  # ties: the first, oneDNN
+            del self._trials[key]
+            if self.chosen[key] != KERNELS[0]:
+                logger.debug("%s on %s: %s (%s)", layer, tuple(x.shape), self.chosen[key], best)
+        return out

@@ -40,32 +40,54 @@ def test_network_is_left_as_it_was_and_the_choice_is_kept_per_layer_and_shape():
     net = res_unet(1, 2, channels=(4, 8, 16), strides=(2, 2), num_res_units=1).eval()
     keys = list(net.state_dict())
     convs = [m for m in net.modules() if type(m) in cpu_kernels.LAYERS]
-    choice = KernelChoice(repeats=1)
+    choice = KernelChoice(samples=2)
+    shapes = ((16, 16, 8), (24, 16, 16))
+    inputs = {s: torch.rand(2, 1, *s) for s in shapes}
     with torch.inference_mode():
-        plain = [net(torch.rand(2, 1, *s)) for s in ((16, 16, 8), (24, 16, 16))]
+        plain = {s: net(x) for s, x in inputs.items()}
         with choice.choose(net):
             assert all("forward" in vars(m) for m in convs)
-            tuned = [net(torch.rand(2, 1, *s)) for s in ((16, 16, 8), (24, 16, 16))]
-            tuned_again = net(torch.rand(2, 1, 16, 16, 8))
+            for calls in range(1, 2 * len(KERNELS) + 1):  # 2 trials of each kernel for each shape
+                for s, x in inputs.items():
+                    torch.testing.assert_close(net(x), plain[s], atol=1e-5, rtol=1e-5)
+                assert (len(choice.chosen) == 2 * len(convs)) == (calls == 2 * len(KERNELS))
+            assert choice._trials == {}
+            torch.testing.assert_close(net(inputs[shapes[0]]), plain[shapes[0]], atol=1e-5, rtol=1e-5)
     assert all("forward" not in vars(m) for m in convs)
     assert list(net.state_dict()) == keys
-    assert [t.shape for t in tuned] == [p.shape for p in plain] and tuned_again.shape == plain[0].shape
-    assert len(choice.chosen) == 2 * len(convs)  # one entry per layer and input shape, the third call reused them
+    assert len(choice.chosen) == 2 * len(convs)  # one entry per layer and input shape, the last call reused them
     assert set(choice.chosen.values()) <= set(KERNELS)
 
 
-def test_same_logits_through_the_chosen_kernels():
+def test_same_logits_through_each_kernel_as_the_choice():
     torch.manual_seed(0)
     net = res_unet(1, 2, channels=(4, 8, 16), strides=(2, 2), num_res_units=1).eval()
     x = torch.rand(2, 1, 24, 16, 16)
     with torch.inference_mode():
         expected = net(x)
-        choice = KernelChoice(repeats=1)
-        for forced in KERNELS:  # each candidate, through the same code path as a measured choice
-            with choice.choose(net):
-                choice.chosen = {key: forced for key in choice.chosen}
-                out = net(x)
-            torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+        choice = KernelChoice(samples=1)
+        with choice.choose(net):
+            for _ in KERNELS:
+                net(x)
+            assert len(choice.chosen) == sum(type(m) in cpu_kernels.LAYERS for m in net.modules())
+            for forced in KERNELS:  # each candidate, through the same code path as a measured choice
+                choice.chosen = dict.fromkeys(choice.chosen, forced)
+                torch.testing.assert_close(net(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_native_kernel_is_no_candidate_where_its_columns_would_be_too_large(monkeypatch):
+    layer = torch.nn.Conv3d(2, 3, 3, padding=1).eval()
+    x = torch.rand(2, 2, 10, 8, 6)
+    assert cpu_kernels.native_columns_bytes(layer, x) == 2 * 27 * 2 * 480 * 4
+    monkeypatch.setattr(cpu_kernels, "NATIVE_MAX_BYTES", 2 * 27 * 2 * 480 * 4 - 1)
+    used = []
+    real_call = cpu_kernels._call
+    monkeypatch.setattr(cpu_kernels, "_call", lambda k, *a: used.append(k) or real_call(k, *a))
+    choice = KernelChoice(samples=1)
+    with torch.inference_mode(), choice.choose(layer):
+        for _ in range(3):
+            layer(x)
+    assert used == ["onednn", "onednn_channels_last", choice.chosen[(id(layer), tuple(x.shape), x.dtype)]]
 
 
 def test_layers_are_restored_after_an_exception():
@@ -107,10 +129,10 @@ def test_the_native_kernel_restores_the_onednn_flag():
     assert torch.backends.mkldnn.enabled is True
 
 
-@pytest.mark.parametrize("repeats", [0, -1, 1.5, True])
-def test_bad_repeats(repeats):
-    with pytest.raises(ValueError, match="repeats"):
-        KernelChoice(repeats)
+@pytest.mark.parametrize("samples", [0, -1, 1.5, True])
+def test_bad_samples(samples):
+    with pytest.raises(ValueError, match="samples"):
+        KernelChoice(samples)
 
 
 def test_inferer_logits_do_not_move_with_the_kernel_choice():
@@ -119,7 +141,7 @@ def test_inferer_logits_do_not_move_with_the_kernel_choice():
     x = torch.rand(1, 1, 40, 28, 20)
     tuned = FastSlidingWindowInferer(16, 2, crop_foreground=False, cpu_kernels=True)
     plain = FastSlidingWindowInferer(16, 2, crop_foreground=False, cpu_kernels=False)
-    torch.testing.assert_close(tuned(x, net), plain(x, net), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tuned(x, net), plain(x, net), atol=1e-5, rtol=1e-5)  # 24 windows
     convs = sum(type(m) in cpu_kernels.LAYERS for m in net.modules())
     assert len(tuned._kernels.chosen) == convs and plain._kernels.chosen == {}
     assert all("forward" not in vars(m) for m in net.modules())
