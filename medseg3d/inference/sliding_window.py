@@ -61,6 +61,11 @@ MODES = ("gaussian", "constant")
 # im2col kernel instead of oneDNN when N * C * D * H <= 20480, true of most layers for a 64^3 window (the bundle's
 # Res-UNet: 0.35 s for one window alone, 0.07-0.08 s each in pairs, on 2 cores). Pairs of 128^3 gain nothing.
 CPU_MIN_BATCH = 2
+# Network calls after which (this image's included) the CPU kernel of each convolution is chosen (``cpu_kernels``):
+# the choice's trials, 6 calls per layer and shape, some on slower kernels, are then at most a tenth of the calls.
+# A 512x512x300 CT at 64^3 makes 585 calls; a BraTS brain 40 (the second case of a batch starts the trials); an
+# nnU-Net-sized patch 4, where a trial on channels-last input costs more than any choice could save.
+CPU_KERNEL_MIN_CALLS = 60
 
 
 def foreground_box(
@@ -238,9 +243,10 @@ class FastSlidingWindowInferer(Inferer):
             on the faces of the box, i.e. background as the network sees it next to the foreground, which is
             what the stock path gives there; a float, or one float per output channel. (The output on an
             all-zero window is no substitute: a network never trained on one can call it foreground.)
-        cpu_kernels: on a CPU, run each 3D convolution layer with whichever of oneDNN and PyTorch's native
-            kernel was faster on its input shape, timed at its first window batch
-            (``medseg3d.inference.cpu_kernels``; equal logits to float rounding).
+        cpu_kernels: on a CPU, run each 3D convolution layer with the fastest of oneDNN, PyTorch's native
+            kernel and oneDNN on channels-last input for its input shape, learnt from its first calls
+            (``medseg3d.inference.cpu_kernels``; equal logits to float rounding), once this inferer has made
+            ``CPU_KERNEL_MIN_CALLS`` network calls, counting those the current image will make.
 
     Raises:
         ValueError: an argument out of range, naming it; at call time an input that is not (B, C, X, Y, Z),
@@ -308,6 +314,8 @@ class FastSlidingWindowInferer(Inferer):
         self.outside = outside
         self.cpu_kernels = cpu_kernels
         self._kernels = KernelChoice()
+        self._calls = 0  # network calls made on a CPU, for CPU_KERNEL_MIN_CALLS
+        self._tune = False
         self._flips = flip_combinations(axes) if tta else [()]
         from monai.data.utils import compute_importance_map
 
@@ -366,6 +374,8 @@ class FastSlidingWindowInferer(Inferer):
         stitcher = _Stitcher(crop.shape[1:], spatial, box, pad, stitch)
         per_call = max(1, self._batch_size(net.device) // len(self._flips))
         chunks = [windows[i : i + per_call] for i in range(0, len(windows), per_call)]
+        calls = len(chunks) * math.ceil(per_call * len(self._flips) / self._batch_size(net.device))
+        self._tune = self.cpu_kernels and self._calls + calls >= CPU_KERNEL_MIN_CALLS
         if self.progress:
             from monai.utils import optional_import
 
@@ -396,7 +406,8 @@ class FastSlidingWindowInferer(Inferer):
             start += size
             if size < least:  # a lone image runs beside a copy of itself: still faster on a CPU (CPU_MIN_BATCH)
                 part = part.repeat(least, 1, 1, 1, 1)
-            tune = self.cpu_kernels and batch.device.type == "cpu" and isinstance(net.module, torch.nn.Module)
+            tune = self._tune and batch.device.type == "cpu" and isinstance(net.module, torch.nn.Module)
+            self._calls += batch.device.type == "cpu"
             with (
                 torch.autocast(batch.device.type, dtype=autocast or torch.float32, enabled=autocast is not None),
                 self._kernels.choose(net.module) if tune else contextlib.nullcontext(),

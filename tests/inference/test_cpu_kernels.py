@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medseg3d.inference import cpu_kernels
+from medseg3d.inference import cpu_kernels, sliding_window
 from medseg3d.inference.cpu_kernels import KERNELS, KernelChoice, _call
 from medseg3d.inference.sliding_window import FastSlidingWindowInferer
 from medseg3d.networks import res_unet
@@ -135,13 +135,18 @@ def test_bad_samples(samples):
         KernelChoice(samples)
 
 
-def test_inferer_logits_do_not_move_with_the_kernel_choice():
+def test_inferer_logits_do_not_move_with_the_kernel_choice(monkeypatch):
+    monkeypatch.setattr(sliding_window, "CPU_KERNEL_MIN_CALLS", 20)
     torch.manual_seed(0)
     net = res_unet(1, 2, channels=(4, 8, 16), strides=(2, 2), num_res_units=1).eval()
-    x = torch.rand(1, 1, 40, 28, 20)
+    x = torch.rand(1, 1, 40, 28, 20)  # 24 windows of 16^3: 12 network calls in pairs
     tuned = FastSlidingWindowInferer(16, 2, crop_foreground=False, cpu_kernels=True)
     plain = FastSlidingWindowInferer(16, 2, crop_foreground=False, cpu_kernels=False)
-    torch.testing.assert_close(tuned(x, net), plain(x, net), atol=1e-5, rtol=1e-5)  # 24 windows
+    expected = plain(x, net)
+    torch.testing.assert_close(tuned(x, net), expected, atol=1e-5, rtol=1e-5)
+    assert tuned._kernels.chosen == {}  # 12 calls: under CPU_KERNEL_MIN_CALLS, no trials
+    torch.testing.assert_close(tuned(x, net), expected, atol=1e-5, rtol=1e-5)  # 12 + 12 calls: the trials run
     convs = sum(type(m) in cpu_kernels.LAYERS for m in net.modules())
     assert len(tuned._kernels.chosen) == convs and plain._kernels.chosen == {}
     assert all("forward" not in vars(m) for m in net.modules())
+    torch.testing.assert_close(tuned(x, net), expected, atol=1e-5, rtol=1e-5)  # every layer on its chosen kernel
