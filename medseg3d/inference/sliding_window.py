@@ -13,7 +13,8 @@ on each and blends the window logits with an importance map ``w``: ``out = sum_i
    window (cached while the weights stay the same) and every all-zero window reuses it: exact.
 3. On a CPU at least ``CPU_MIN_BATCH`` images go through each network call (see there: 4.5x per 64^3 window).
    Importance map and grid are computed once, the network runs under ``torch.inference_mode``, weighted logits
-   are added in place into the output and divided once at the end.
+   are added in place into the output and divided once at the end. ``cpu_kernels``: each 3D convolution runs
+   the fastest CPU kernel for its shape, learnt from its first calls (``medseg3d.inference.cpu_kernels``).
 4. ``tta``: nnU-Net's mirroring; every window is also predicted flipped along each subset of ``tta_axes`` (8
    copies for 3 axes), flipped back and averaged; the mirrored copies share network calls.
 5. Devices: windows run on ``sw_device`` (default: the network's), autocast to float16 on CUDA. Stitching is on
