@@ -315,8 +315,7 @@ class FastSlidingWindowInferer(Inferer):
         self.outside = outside
         self.cpu_kernels = cpu_kernels
         self._kernels = KernelChoice()
-        self._calls = 0  # network calls made on a CPU, for CPU_KERNEL_MIN_CALLS
-        self._tune = False
+        self._calls = 0  # network calls planned on a CPU so far, for CPU_KERNEL_MIN_CALLS
         self._flips = flip_combinations(axes) if tta else [()]
         from monai.data.utils import compute_importance_map
 
@@ -375,22 +374,27 @@ class FastSlidingWindowInferer(Inferer):
         stitcher = _Stitcher(crop.shape[1:], spatial, box, pad, stitch)
         per_call = max(1, self._batch_size(net.device) // len(self._flips))
         chunks = [windows[i : i + per_call] for i in range(0, len(windows), per_call)]
-        calls = len(chunks) * math.ceil(per_call * len(self._flips) / self._batch_size(net.device))
-        self._tune = self.cpu_kernels and self._calls + calls >= CPU_KERNEL_MIN_CALLS
+        tune = contextlib.nullcontext()
+        if self.cpu_kernels and net.device.type == "cpu":
+            self._calls += len(chunks) * math.ceil(per_call * len(self._flips) / self._batch_size(net.device))
+            if self._calls >= CPU_KERNEL_MIN_CALLS:
+                tune = self._kernels.choose(net.module)
         if self.progress:
             from monai.utils import optional_import
 
             tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
             chunks = tqdm(chunks) if has_tqdm else chunks
-        for chunk in chunks:
-            batch = torch.stack([crop[(slice(None), *s)] for s in chunk])
-            busy = [bool(w.any()) for w in batch] if self.skip_empty else [True] * len(chunk)
-            todo = batch if all(busy) else batch[[i for i, b in enumerate(busy) if b]]
-            with torch.inference_mode():
-                preds = iter(self._predict(todo, net, self._flips))
-            # stitching stays outside inference mode: the output must be a normal tensor for the caller
-            for s, b in zip(chunk, busy, strict=True):
-                stitcher.add(s, (next(preds) if b else self._empty_output(image.shape[0], image.dtype, net)) * weight)
+        with tune:
+            for chunk in chunks:
+                batch = torch.stack([crop[(slice(None), *s)] for s in chunk])
+                busy = [bool(w.any()) for w in batch] if self.skip_empty else [True] * len(chunk)
+                todo = batch if all(busy) else batch[[i for i, b in enumerate(busy) if b]]
+                with torch.inference_mode():
+                    preds = iter(self._predict(todo, net, self._flips))
+                # stitching stays outside inference mode: the output must be a normal tensor for the caller
+                for s, b in zip(chunk, busy, strict=True):
+                    pred = next(preds) if b else self._empty_output(image.shape[0], image.dtype, net)
+                    stitcher.add(s, pred * weight)
         return stitcher.finish(windows, weight, None if box == full else self.outside)
 
     def _predict(self, batch: torch.Tensor, net: _Net, flips: Sequence[tuple[int, ...]]) -> torch.Tensor:
@@ -407,12 +411,7 @@ class FastSlidingWindowInferer(Inferer):
             start += size
             if size < least:  # a lone image runs beside a copy of itself: still faster on a CPU (CPU_MIN_BATCH)
                 part = part.repeat(least, 1, 1, 1, 1)
-            tune = self._tune and batch.device.type == "cpu" and isinstance(net.module, torch.nn.Module)
-            self._calls += batch.device.type == "cpu"
-            with (
-                torch.autocast(batch.device.type, dtype=autocast or torch.float32, enabled=autocast is not None),
-                self._kernels.choose(net.module) if tune else contextlib.nullcontext(),
-            ):
+            with torch.autocast(batch.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
                 out = net.module(part, *net.args, **net.kwargs)
             if not isinstance(out, torch.Tensor) or tuple(out.shape[2:]) != self.roi_size or len(out) != len(part):
                 shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
