@@ -91,7 +91,7 @@ def train_for(bundle: Path, overrides: list[str], prepared: Path, run_dir: Path,
 # the growth of its peak resident memory is what the step needs (activations, gradients), device aside.
 _STEP = """
 import json, sys, torch
-from medseg3d.engine.bundle import make_workflow
+from medseg3d.bundle.workflow import make_workflow
 
 def hwm():
     with open("/proc/self/status") as f:

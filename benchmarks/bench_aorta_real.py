@@ -95,7 +95,7 @@ def build_dataset(work: Path, phantoms: int, seed: int = 0) -> Path:
 
 def write_folds(data: Path, held_out: str) -> None:
     """dataset.json (as ``medseg3d datalist`` writes it) with ``held_out`` alone in fold 1."""
-    from medseg3d.data.datalist import build_datalist
+    from medseg3d.data.pairs import build_datalist
 
     result = build_datalist(data, out=data / "lists" / held_out, folds=1, label_names=["aorta"])
     content = json.loads(result.path.read_text())

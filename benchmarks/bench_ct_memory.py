@@ -35,7 +35,7 @@ _RUN = r"""
 import json, os, sys, time
 from pathlib import Path
 from benchmarks.common import vm_hwm_mb
-from medseg3d.engine.bundle import make_workflow
+from medseg3d.bundle.workflow import make_workflow
 wf = make_workflow(Path(sys.argv[1]), "inference", json.loads(sys.argv[2]))
 wf.initialize()
 start = time.perf_counter()
@@ -55,10 +55,10 @@ def _load(path: Path) -> np.ndarray:
 
 def trained_checkpoint(work: Path, epochs: int, overrides: dict[str, Any]) -> Path:
     """The CT bundle trained ``epochs`` epochs on 6 phantoms (``medseg3d synth ct``, 160x160x96), 2 folds."""
-    from medseg3d.data.datalist import build_datalist
+    from medseg3d.bundle.workflow import run_bundle
+    from medseg3d.data.pairs import build_datalist
     from medseg3d.data.synth_ct import write_ct_cases
     from medseg3d.demo import FAST_SYNTHETIC
-    from medseg3d.engine.bundle import run_bundle
 
     data = work / "train_data"
     write_ct_cases(data, cases=6, shape=(160, 160, 96), seed=3)
@@ -122,7 +122,7 @@ def main() -> None:
         "--epochs", type=int, default=200, help="training epochs on the phantoms (default 200, about 4 minutes)"
     )
     args, extra = parser.parse_known_args()
-    from medseg3d.engine.bundle import parse_overrides
+    from medseg3d.core.overrides import parse_overrides
 
     overrides = parse_overrides(extra)
     shape = (256, 256, 600) if args.quick else (512, 512, args.slices)

@@ -79,7 +79,7 @@ def ct_inputs(work: Path, shape: tuple[int, int, int]) -> Path:
 # -- ours ------------------------------------------------------------------------------------------------------
 def brats_runner(input_dir: Path, output_dir: Path, checkpoint: Path, overrides: dict[str, Any]):
     """The bundle's ``runner`` (``inference.yaml``), built once as ``medseg3d infer`` builds it."""
-    from medseg3d.engine.bundle import make_workflow
+    from medseg3d.bundle.workflow import make_workflow
 
     settings = {"input_dir": str(input_dir), "output_dir": str(output_dir), "checkpoint": str(checkpoint)}
     wf = make_workflow(BUNDLE, "inference", {**settings, "progress": False, **overrides})
@@ -99,7 +99,7 @@ def ct_runner(input_dir: Path, output_dir: Path, network, roi: list[int], sw_bat
 
     from medseg3d.inference.predictor import Predictor
     from medseg3d.inference.runner import BatchRunner
-    from medseg3d.inference.sliding_window import FastSlidingWindowInferer
+    from medseg3d.inferers.sliding_window import FastSlidingWindowInferer
 
     preprocessing = Compose(
         [ScaleIntensityRanged(keys="image", a_min=CT_WINDOW[0], a_max=CT_WINDOW[1], b_min=0.0, b_max=1.0, clip=True)]
@@ -123,7 +123,7 @@ def stock_brats(case: Path, output_dir: Path, network, roi: list[int], sw_batch_
     from monai.inferers import sliding_window_inference
     from monai.transforms import KeepLargestConnectedComponent, LoadImage, NormalizeIntensity, SaveImage
 
-    from medseg3d.engine.handlers.eval_report import regions_to_labels
+    from medseg3d.transforms.array import regions_to_labels
 
     files = [next(case.glob(f"*_{m}.nii.gz")) for m in ("t1", "t1ce", "t2", "flair")]
     image = LoadImage(image_only=True, ensure_channel_first=True)(files)  # modalities stacked as channels
@@ -175,10 +175,10 @@ def trained_checkpoint(work: Path, overrides: dict[str, Any], epochs: int = 50) 
     """Weights that segment the phantoms: the bundle trained briefly (as ``medseg3d demo`` does, about 2 minutes
     on 2 cores), so that the agreement between the two paths is measured on a model with real structure in its
     output (random weights give logits near 0 everywhere, where any rounding flips a voxel)."""
-    from data_prep.prep_brats import PrepOptions, prep_brats
+    from medseg3d.preparation.brats import PrepOptions, prep_brats
+    from medseg3d.bundle.workflow import run_bundle
     from medseg3d.data.synth_brats import write_brats_tree
     from medseg3d.demo import FAST_SYNTHETIC
-    from medseg3d.engine.bundle import run_bundle
 
     write_brats_tree(work / "train_raw", cases=8, edition="2021", shape=(96, 96, 64), seed=11)
     prep_brats(work / "train_raw", work / "train_prepared", PrepOptions(folds=4, workers=2))
@@ -232,7 +232,7 @@ def heldout_agreement(work: Path, checkpoint: Path, overrides: dict[str, Any], n
 def bundle_settings(overrides: dict[str, Any]) -> tuple[Any, list[int], int]:
     """The BraTS inference bundle's device, ``roi_size`` and ``sw_batch_size`` under ``overrides``: the CT
     comparison runs at the same settings."""
-    from medseg3d.engine.bundle import make_workflow
+    from medseg3d.bundle.workflow import make_workflow
 
     parser = make_workflow(BUNDLE, "inference", {"progress": False, **overrides}).parser
     return tuple(parser.get_parsed_content(key) for key in ("device", "roi_size", "sw_batch_size"))  # type: ignore[return-value]
@@ -338,8 +338,8 @@ print(json.dumps({"peak_rss_mb": int(hwm.split()[1]) / 1024, "ok": sum(r["status
 def bench_memory(work: Path, shape, counts: tuple[int, int], overrides: dict[str, Any]) -> None:
     import torch
 
-    from medseg3d.engine.bundle import make_workflow
-    from medseg3d.engine.checkpoint import save_checkpoint
+    from medseg3d.bundle.workflow import make_workflow
+    from medseg3d.core.checkpoint_format import save_checkpoint
 
     torch.manual_seed(0)
     network = make_workflow(BUNDLE, "inference", {"progress": False, **overrides}).parser.get_parsed_content(
@@ -384,7 +384,7 @@ def main() -> None:
     )
     parser.add_argument("--keep", type=Path, default=None, help="copy the outputs and weights here for inspection")
     args, extra = parser.parse_known_args()
-    from medseg3d.engine.bundle import parse_overrides
+    from medseg3d.core.overrides import parse_overrides
 
     overrides = parse_overrides(extra)
     brats_shape, ct_shape = ((120, 120, 78), (256, 256, 150)) if args.quick else ((240, 240, 155), (512, 512, 300))

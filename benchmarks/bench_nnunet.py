@@ -95,7 +95,7 @@ from monai.networks.nets import DynUNet
 from monai.transforms import Compose
 from medseg3d.inference.predictor import Predictor
 from medseg3d.inference.runner import BatchRunner
-from medseg3d.inference.sliding_window import FastSlidingWindowInferer
+from medseg3d.inferers.sliding_window import FastSlidingWindowInferer
 from medseg3d.transforms import NormalizeNonZerod
 case, out, tta, info = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1", json.loads(sys.argv[4])
 kw = info["arch_kwargs"]

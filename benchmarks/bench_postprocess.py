@@ -17,7 +17,7 @@ RSS, and how much the call added to what the interpreter held before it (``*_add
 5. the dense case: what a network with random weights predicts, label 1 on a random half of the voxels
    (salt and pepper: ~20 M runs along z), keep its largest component: ``{1: {keep_largest: 1}}`` versus
    ``KeepLargestConnectedComponent(applied_labels=[1])``. Cases 1-4 take the run path of
-   ``medseg3d.inference.postprocess``, this one its dense path (cc3d on the bounding box).
+   ``medseg3d.ops.components``, this one its dense path (cc3d on the bounding box).
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def _monai_union(labels: np.ndarray) -> Callable[[], object]:
 
 
 def _ours_fill(labels: np.ndarray) -> Callable[[], object]:
-    from medseg3d.inference.postprocess import fill_holes
+    from medseg3d.ops.components import fill_holes
 
     return lambda: fill_holes(labels == 2)
 
@@ -140,7 +140,7 @@ def _scipy_fill(labels: np.ndarray) -> Callable[[], object]:
 
 
 def _ours_small(labels: np.ndarray) -> Callable[[], object]:
-    from medseg3d.inference.postprocess import postprocess_labels
+    from medseg3d.ops.components import postprocess_labels
 
     return lambda: postprocess_labels(labels, {"all": {"min_size": 100}})
 

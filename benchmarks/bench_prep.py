@@ -24,7 +24,7 @@ from benchmarks.common import alternate, emit, run_python
 # Runs in a fresh interpreter: converts every case under argv[1] into argv[2], reports time and peak RSS.
 _CONVERT = """
 import json, sys, time
-from data_prep.prep_brats import PrepOptions, prep_brats
+from medseg3d.preparation.brats import PrepOptions, prep_brats
 start = time.perf_counter()
 result = prep_brats(sys.argv[1], sys.argv[2], PrepOptions(folds=2, overwrite=True))
 seconds = time.perf_counter() - start
@@ -105,7 +105,7 @@ def main() -> None:
         ref_out = work / "ref"
         ref_out.mkdir()
 
-        from data_prep.prep_brats import PrepOptions, prep_brats
+        from medseg3d.preparation.brats import PrepOptions, prep_brats
 
         def ours() -> float:
             start = time.perf_counter()

@@ -88,19 +88,19 @@ def repeated_datalists(entries: int) -> str:
     """A ``datalists`` override: fold 0's training list repeated to ``entries`` entries, validation as is."""
     return (
         f"$(lambda t: ([t[0][i % len(t[0])] for i in range({entries})], t[1]))"
-        "(medseg3d.engine.datalist.fold_datalists(@dataset_dir, @fold))"
+        "(medseg3d.data.dataset_json.fold_datalists(@dataset_dir, @fold))"
     )
 
 
 def dataset_overrides(parser: Any, cache: str, budget_gb: float) -> dict[str, Any]:
-    """Overrides that give the bundle memory-budgeted datasets (``medseg3d.engine.datasets.make_dataset``)."""
+    """Overrides that give the bundle memory-budgeted datasets (``medseg3d.training.datasets.make_dataset``)."""
     if "cache_memory_gb" in parser:
         return {"cache": cache, "cache_memory_gb": budget_gb}
     # train.yaml without the cache settings yet: the same datasets, declared here.
     datasets = {}
     for part, index in (("train", 0), ("validate", 1)):
         datasets[f"{part}#dataset"] = {
-            "_target_": "medseg3d.engine.datasets.make_dataset",
+            "_target_": "medseg3d.training.datasets.make_dataset",
             "data": f"$@datalists[{index}]",
             "transform": f"@{part}#preprocessing",
             "cache": cache,
@@ -113,7 +113,7 @@ def dataset_overrides(parser: Any, cache: str, budget_gb: float) -> dict[str, An
 
 def make_trainer(dataset_dir: Path, output_dir: Path, overrides: dict[str, Any]):
     """The bundle's ``train#trainer`` with ``overrides`` on top of the CPU size and a memory cache."""
-    from medseg3d.engine.bundle import make_workflow
+    from medseg3d.bundle.workflow import make_workflow
 
     base = {"dataset_dir": str(dataset_dir), "output_dir": str(output_dir), **CPU}
     base["datalists"] = repeated_datalists(SPEED_ENTRIES)
@@ -218,7 +218,7 @@ _MEMORY = """
 import json, os, struct, sys, threading, time
 from pathlib import Path
 from benchmarks.bench_train import BUNDLE, CPU, children, dataset_overrides, repeated_datalists
-from medseg3d.engine.bundle import make_workflow
+from medseg3d.bundle.workflow import make_workflow
 
 dataset_dir, output_dir, entries, budget_gb = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 overrides = json.loads(sys.argv[5])
@@ -291,7 +291,7 @@ batches = len(loader) - 1 + sum(1 for _ in iterator)  # to the end, so that the 
 epoch_s = time.perf_counter() - start - check_s
 stop.set()
 thread.join()
-from medseg3d.engine.datasets import estimate_cached_bytes
+from medseg3d.training.datasets import estimate_cached_bytes
 estimate = estimate_cached_bytes(dataset.data, dataset.transform)
 print(json.dumps({
     "entries": len(dataset), "batches": batches, "cache_num": dataset.cache_num,
@@ -304,7 +304,7 @@ print(json.dumps({
 
 
 def bench_memory(dataset_dir: Path, work: Path, overrides: dict[str, Any]) -> None:
-    from medseg3d.engine.datasets import GIB
+    from medseg3d.training.datasets import GIB
 
     case_bytes = 5 * 4 * SHAPE[0] * SHAPE[1] * SHAPE[2]  # 4 image channels + 1 label channel, float32
     budget_fits_8 = (8.5 * case_bytes) / GIB
@@ -350,12 +350,12 @@ def main() -> None:
     parser.add_argument("--skip-memory", action="store_true")
     args, extra = parser.parse_known_args()  # the rest: --KEY VALUE bundle overrides, checked by make_workflow
 
-    from medseg3d.engine.bundle import parse_overrides
+    from medseg3d.core.overrides import parse_overrides
 
     overrides = parse_overrides(extra)
     repeats, workers = (2, [0, 2]) if args.quick else (args.repeats, args.workers)
 
-    from data_prep.prep_brats import PrepOptions, prep_brats
+    from medseg3d.preparation.brats import PrepOptions, prep_brats
     from medseg3d.data.synth_brats import write_brats_tree
 
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))

@@ -44,7 +44,7 @@ def cmd_synth_ct(args: argparse.Namespace) -> int:
 
 
 def cmd_datalist(args: argparse.Namespace) -> int:
-    from medseg3d.data.datalist import DatalistError, build_datalist
+    from medseg3d.data.pairs import DatalistError, build_datalist
 
     names = [name.strip() for name in args.labels.split(",")] if args.labels is not None else None
     try:
@@ -63,15 +63,16 @@ def cmd_datalist(args: argparse.Namespace) -> int:
 
 def _check_output(path: object) -> None:
     """``InputError`` before any work when an output folder given on the command line cannot be written."""
-    from medseg3d.errors import check_output_folder
+    from medseg3d.core.errors import check_output_folder
 
     if isinstance(path, str | Path) and not str(path).startswith(("$", "@", "%")):
         check_output_folder(path)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from medseg3d.engine.bundle import find_run, parse_overrides, resume_workflow, run_bundle, run_workflow
-    from medseg3d.engine.crossval import train_folds
+    from medseg3d.bundle.crossval import train_folds
+    from medseg3d.bundle.workflow import find_run, resume_workflow, run_bundle, run_workflow
+    from medseg3d.core.overrides import parse_overrides
 
     overrides = parse_overrides(args.overrides)
     if args.resume is None:
@@ -99,7 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from medseg3d.inference.bundle import infer_folder
+    from medseg3d.bundle.infer import infer_folder
 
     _check_output(args.output)
     return infer_folder(

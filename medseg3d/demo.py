@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import time
 from pathlib import Path
+
+from medseg3d.bundle.infer import infer_folder
+from medseg3d.bundle.workflow import run_bundle
+from medseg3d.data.synth_brats import write_brats_tree
+from medseg3d.evaluation import run_evaluation
+from medseg3d.preparation.brats import PrepOptions, prep_brats, summarize
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "brats_mri_resunet_3d"
 # The quick optimization for synthetic data (measured in docs/benchmarks.md, learning check).
@@ -27,9 +34,6 @@ def run_demo(
     Returns:
         the exit code: 0 when every stage succeeded.
     """
-    from data_prep.prep_brats import PrepOptions, prep_brats, summarize
-    from medseg3d.data.synth_brats import write_brats_tree
-    from medseg3d.engine.bundle import run_bundle
 
     raw, prepared, run_dir = out / "raw", out / "prepared", out / "run"
     start = time.perf_counter()
@@ -78,11 +82,6 @@ def run_demo(
 
 def _infer_and_evaluate(out: Path, run_dir: Path, shape: tuple[int, int, int], seed: int) -> int:
     """Steps 4 and 5: held-out cases without segmentation -> ``medseg3d infer`` -> ``medseg3d evaluate``."""
-    import shutil
-
-    from medseg3d.data.synth_brats import write_brats_tree
-    from medseg3d.evaluation import run_evaluation
-    from medseg3d.inference.bundle import infer_folder
 
     heldout, truth, predictions = out / "heldout", out / "heldout_truth", out / "predictions"
     for folder in (heldout, truth, predictions):

@@ -21,10 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
 
-from medseg3d.constants import REGIONS
-from medseg3d.data.io import write_json, write_text
-from medseg3d.errors import InputError, check_output_folder
+from medseg3d.core.constants import REGIONS
+from medseg3d.core.errors import InputError, check_output_folder
+from medseg3d.core.io import write_json, write_text
+from medseg3d.data.brats import find_cases
+from medseg3d.data.volumes import read_label
 from medseg3d.metrics import (
     BRATS_CONVENTIONS,
     HD95_EMPTY_MM,
@@ -100,8 +104,6 @@ def find_label_maps(folder: str | os.PathLike, raw_brats_tree: bool = False) -> 
     maps: dict[str, list[Path]] = {}
     files = _label_map_files(folder)
     if not files and raw_brats_tree:
-        from medseg3d.data.brats import find_cases
-
         try:
             cases = find_cases(folder)
         except InputError:
@@ -178,8 +180,6 @@ def _some(maps: dict[str, list[Path]], limit: int = 3) -> str:
 
 
 def _read_sitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    import SimpleITK as sitk
-
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -203,7 +203,6 @@ def read_label_map(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     Raises:
         InputError: unreadable or not 3D, NaN/Inf, non-integer or negative values (an image, not a label map).
     """
-    from medseg3d.data.volumes import read_label
 
     path = Path(path)
     if split_extension(path.name) and split_extension(path.name)[1].lower() in (".nii.gz", ".nii"):
@@ -442,7 +441,6 @@ def evaluate_folders(
         raise ValueError(f"challenge must be one of {tuple(LESION_RULES)}, got {challenge!r}")
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
-    from tqdm import tqdm
 
     pred, gt = Path(pred), Path(gt)
     pairs = pair_cases(pred, gt)

@@ -20,10 +20,14 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import cc3d
 import numpy as np
+import torch
+from monai.metrics import compute_hausdorff_distance
 from scipy import ndimage
 
-from medseg3d.constants import EDITIONS, REGIONS
+from medseg3d.core.constants import EDITIONS, REGIONS
+from medseg3d.ops.boxes import bounding_box
 
 # BraTS convention for HD95 when exactly one of prediction and ground truth is empty (CaPTk / BraTS 2018-2021).
 HD95_EMPTY_MM = 373.13
@@ -76,29 +80,6 @@ def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(s) for s in np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0))
 
 
-def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
-    """Slices of the smallest box holding every non-zero voxel of ``mask``, grown by ``margin`` and clipped.
-
-    Args:
-        mask: array of shape (X, Y, Z).
-        margin: voxels added on every side (clipped to the array).
-
-    Returns:
-        One slice per axis, or None when ``mask`` is all zero.
-
-    >>> bounding_box(np.pad(np.ones((2, 1, 1)), 2), margin=1)
-    (slice(1, 5, None), slice(1, 4, None), slice(1, 4, None))
-    """
-    slices = []
-    for axis in range(mask.ndim):
-        others = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(np.any(mask, axis=others))
-        if not hits.size:
-            return None
-        slices.append(slice(max(int(hits[0]) - margin, 0), min(int(hits[-1]) + 1 + margin, mask.shape[axis])))
-    return tuple(slices)
-
-
 def dice(pred: np.ndarray, gt: np.ndarray) -> float:
     """Dice coefficient 2|P & G| / (|P| + |G|) of two binary masks of one shape; 1.0 when both are empty."""
     pred, gt = np.asarray(pred, dtype=bool), np.asarray(gt, dtype=bool)
@@ -122,7 +103,6 @@ def hd95(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]) -> float:
     Returns:
         The distance in mm; 0.0 when both are empty, ``HD95_EMPTY_MM`` when exactly one is.
     """
-    from monai.metrics import compute_hausdorff_distance
 
     pred, gt = np.asarray(pred, dtype=bool), np.asarray(gt, dtype=bool)
     if pred.shape != gt.shape:
@@ -133,7 +113,6 @@ def hd95(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]) -> float:
     if not pred_any or not gt_any:
         return HD95_EMPTY_MM
     box = bounding_box(pred | gt, margin=1)
-    import torch
 
     with warnings.catch_warnings():
         # MONAI 1.6 passes its own deprecated `always_return_as_numpy` internally; nothing for a user to act on.
@@ -200,7 +179,6 @@ def overlap_metrics(
 
 def connected_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """26-connected components of a binary mask (cc3d): labels 1..N of shape (X, Y, Z), and N."""
-    import cc3d
 
     labels, count = cc3d.connected_components(np.asarray(mask, dtype=bool), connectivity=26, return_N=True)
     return labels, int(count)

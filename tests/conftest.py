@@ -19,7 +19,7 @@ def _same_run(a: Path, b: Path) -> None:
 
     import torch
 
-    from medseg3d.engine.checkpoint import load_checkpoint
+    from medseg3d.core.checkpoint_format import load_checkpoint
 
     def metrics(run_dir: Path) -> list[dict[str, str]]:
         with open(run_dir / "metrics.csv", newline="") as f:
@@ -54,7 +54,7 @@ def real_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_prepared(tmp_path_factory) -> Path:
     """A prepared dataset of 4 synthetic BraTS 2021 cases of 48x40x32 in 2 folds (shared by the session)."""
-    from data_prep.prep_brats import PrepOptions, prep_brats
+    from medseg3d.preparation.brats import PrepOptions, prep_brats
     from medseg3d.data.synth_brats import write_brats_tree
 
     root = tmp_path_factory.mktemp("tiny_brats")

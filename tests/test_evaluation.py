@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medseg3d.data.io import save_nifti
-from medseg3d.errors import InputError
+from medseg3d.core.errors import InputError
+from medseg3d.core.io import save_nifti
 from medseg3d.evaluation import (
     ID_COLUMNS,
     TASK_METRICS,

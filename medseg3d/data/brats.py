@@ -15,9 +15,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medseg3d.constants import EDITIONS, MODALITIES, MODALITY_ALIASES, NIFTI_EXTENSIONS, SEG_ALIASES, BratsEdition
-from medseg3d.data.io import nifti_stem
-from medseg3d.errors import InputError
+from medseg3d.core.constants import EDITIONS, MODALITIES, MODALITY_ALIASES, NIFTI_EXTENSIONS, SEG_ALIASES, BratsEdition
+from medseg3d.core.errors import InputError
+from medseg3d.core.io import nifti_stem
 
 logger = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from medseg3d.constants import MODALITIES, MODALITY_ALIASES, NIFTI_EXTENSIONS, SEG_ALIASES
+from medseg3d.core.constants import MODALITIES, MODALITY_ALIASES, NIFTI_EXTENSIONS, SEG_ALIASES
+from medseg3d.core.errors import InputError
+from medseg3d.core.io import atomic_path, save_nifti
 from medseg3d.data.brats import detect_edition, edition_of_case_id, is_nifti, modality_token, pair_folder, safe_case_id
-from medseg3d.data.io import atomic_path, save_nifti
 from medseg3d.data.volumes import check_same_grid
-from medseg3d.errors import InputError
 
 logger = logging.getLogger(__name__)
 

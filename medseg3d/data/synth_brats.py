@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from medseg3d.constants import EDITIONS, MODALITIES, NIFTI_EXTENSIONS
-from medseg3d.data.io import save_nifti, write_text
+from medseg3d.core.constants import EDITIONS, MODALITIES, NIFTI_EXTENSIONS
+from medseg3d.core.io import save_nifti, write_text
 
 GRADES: tuple[str, ...] = ("HGG", "LGG")
 TISSUES: dict[str, int] = {"background": 0, "CSF": 1, "GM": 2, "WM": 3}

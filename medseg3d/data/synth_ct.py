@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from medseg3d.data.io import atomic_path, keep_locale
+from medseg3d.core.io import atomic_path, keep_locale
 
 # Tissue codes of the internal tissue map (see make_ct_tissues); AORTA voxels are exactly the label.
 TISSUE_CODES: dict[str, int] = {

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import nibabel as nib
 import numpy as np
 
-from medseg3d.errors import InputError
+from medseg3d.core.errors import InputError
 
 # Two co-registered volumes may differ by float round-off in their headers, never by a real shift.
 AFFINE_TOLERANCE_MM = 1e-3

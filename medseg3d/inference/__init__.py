@@ -1,1 +1,1 @@
-"""Fast sliding-window inference, postprocessing and batch inference over a folder."""
+"""Inference on a folder of scans: one scan through the predictor, the batch runner, previews."""

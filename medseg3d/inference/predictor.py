@@ -18,8 +18,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
+from monai.transforms import Invertd
 
-from medseg3d.errors import InputError
+from medseg3d.core.checkpoint_format import load_into
+from medseg3d.core.errors import InputError
+from medseg3d.ops.components import parse_rules, postprocess_labels
+from medseg3d.transforms.array import regions_to_labels
+from medseg3d.transforms.ct import sample_in_slabs
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +54,6 @@ def resample_labels_in_slabs(
     >>> up.shape, int(up.sum()), up[3, 3, 3], up[0, 0, 0]
     ((8, 8, 8), 125, np.uint8(1), np.uint8(0))
     """
-    from medseg3d.transforms.ct import sample_in_slabs
 
     out = np.zeros(target_shape, np.uint8)
     shifted = logits.float() - outside  # sampled with zeros outside: those voxels get ``outside`` back
@@ -99,7 +104,6 @@ def load_network_weights(network: torch.nn.Module, checkpoint: str | os.PathLike
     Raises:
         InputError: naming the file: missing, damaged, of neither layout, or not fitting ``network``.
     """
-    from medseg3d.engine.handlers.load_weights import load_into
 
     path = Path(checkpoint)
     if not path.is_file():
@@ -120,7 +124,6 @@ def logits_to_labels(logits: torch.Tensor, output_mode: str) -> np.ndarray:
     >>> logits_to_labels(torch.tensor([[[[0.1, 2.0]]], [[[0.5, -1.0]]]]), "labels").tolist()
     [[[1, 0]]]
     """
-    from medseg3d.engine.handlers.eval_report import regions_to_labels
 
     if output_mode == "regions":
         return regions_to_labels((logits > 0).cpu().numpy())  # sigmoid(x) > 0.5 <=> x > 0
@@ -147,7 +150,7 @@ class Predictor:
         preprocessing: MONAI ``Compose`` of dictionary transforms on ``{"image": MetaTensor (C, X, Y, Z)}``;
             its invertible spatial steps are undone on the logits.
         output_mode: ``regions`` (sigmoid per nested region) or ``labels`` (softmax over labels).
-        postprocess: ``medseg3d.inference.postprocess.postprocess_labels`` rules on the prepared labels
+        postprocess: ``medseg3d.ops.components.postprocess_labels`` rules on the prepared labels
             (label value or ``"all"`` -> ``{keep_largest: k, min_size: n, fill_holes: true}``); empty: none.
         device: where the network runs.
         checkpoint: weights to load (a training checkpoint or a bare state dict); None keeps ``network``'s.
@@ -197,7 +200,6 @@ class Predictor:
             raise ValueError(f"chunk_overlap_mm must be a number >= 0, got {chunk_overlap_mm!r}")
         self.chunk_voxels = None if chunk_voxels is None else int(chunk_voxels)
         self.chunk_overlap_mm = float(chunk_overlap_mm)
-        from medseg3d.inference.postprocess import parse_rules
 
         # rules are checked now, so a typo fails before the first case runs
         self.postprocess = parse_rules(postprocess)
@@ -205,8 +207,6 @@ class Predictor:
     def logits(self, array: np.ndarray, affine: np.ndarray) -> torch.Tensor:
         """Logits (shape (K, X, Y, Z), float32, CPU) on the grid of ``array`` (shape (C, X, Y, Z)), whose
         voxel -> RAS mm matrix is ``affine`` (4, 4)."""
-        from monai.data import MetaTensor
-        from monai.transforms import Invertd
 
         pred, data = self._forward(array, affine)
         if not data["image"].applied_operations:  # no spatial step to undo (BraTS: intensity only)
@@ -220,7 +220,6 @@ class Predictor:
 
     def _forward(self, array: np.ndarray, affine: np.ndarray) -> tuple[torch.Tensor, dict]:
         """Logits on the preprocessed grid (K, ...) and the preprocessed data (its image holds that grid)."""
-        from monai.data import MetaTensor
 
         image = MetaTensor(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), affine=affine)
         data = self.preprocessing({"image": image})
@@ -244,8 +243,6 @@ class Predictor:
                 del part
             logger.info("segmented in %d chunks along the last axis: %s", len(chunks), chunks)
         if self.postprocess:
-            from medseg3d.inference.postprocess import postprocess_labels
-
             labels = postprocess_labels(labels, self.postprocess)
         return labels
 

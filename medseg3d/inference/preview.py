@@ -5,7 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import matplotlib
 import numpy as np
+from matplotlib.figure import Figure
+
+from medseg3d.core.io import atomic_path
+from medseg3d.ops.components import keep_largest
 
 
 def largest_structure_centre(labels: np.ndarray) -> tuple[int, int, int]:
@@ -18,7 +23,6 @@ def largest_structure_centre(labels: np.ndarray) -> tuple[int, int, int]:
     >>> largest_structure_centre(labels)
     (5, 3, 2)
     """
-    from medseg3d.inference.postprocess import keep_largest
 
     largest = keep_largest(labels > 0, k=1, connectivity=26)
     if not largest.any():
@@ -42,13 +46,6 @@ def save_preview(
         title: shown above the slices (the case ID).
         window: (low, high) grey levels, e.g. a CT window in HU; None: the 0.5-99.5th percentiles (MRI).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from medseg3d.data.io import atomic_path
-
     if image.shape[1:] != labels.shape:
         raise ValueError(f"image of shape {image.shape} and labels of shape {labels.shape} are not on one grid")
     x, y, z = largest_structure_centre(labels)
@@ -64,8 +61,9 @@ def save_preview(
         ("coronal", volume[:, y], labels[:, y]),
         ("axial", volume[:, :, z], labels[:, :, z]),
     ]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
-    cmap = plt.get_cmap("tab10")
+    fig = Figure(figsize=(12, 4.4))
+    axes = fig.subplots(1, 3)
+    cmap = matplotlib.colormaps["tab10"]
     for ax, (name, plane, mask) in zip(axes, views, strict=True):
         ax.imshow(plane.T, cmap="gray", origin="lower", vmin=low, vmax=high)
         overlay = np.ma.masked_where(mask.T == 0, mask.T)
@@ -78,5 +76,4 @@ def save_preview(
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=80)
-    plt.close(fig)
     return path

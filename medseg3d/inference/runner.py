@@ -14,6 +14,7 @@ Under ``torchrun`` each rank takes every WORLD_SIZE-th case; rank 0 merges the r
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import logging
 import math
@@ -24,9 +25,19 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
 
-from medseg3d.errors import InputError
+from medseg3d.core.constants import EDITIONS
+from medseg3d.core.errors import InputError
+from medseg3d.core.io import write_text
+from medseg3d.core.ranks import get_rank, is_distributed
+from medseg3d.data.scans import find_scans, read_scan, write_label
+from medseg3d.inference.preview import save_preview
+from medseg3d.ops.diameter import label_diameters
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +71,6 @@ def label_volumes(labels: np.ndarray, spacing: Sequence[float], names: Mapping[s
 
 
 def _error_text(exc: BaseException) -> str:
-    import torch
-
     if isinstance(exc, torch.OutOfMemoryError | MemoryError):
         return f"out of memory: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
     if isinstance(exc, InputError):
@@ -87,7 +96,7 @@ class BatchRunner:
         progress: show a progress bar with each case's seconds.
         diameters: names of ``label_names`` whose maximum diameter goes into ``summary.csv`` as
             ``<name>_max_diameter_mm`` (after the voxel and mL columns): the diameter in mm of the largest ball
-            inscribed in the label as written (``medseg3d.measure.max_diameter_mm``: the maximal inscribed
+            inscribed in the label as written (``medseg3d.ops.diameter.max_diameter_mm``: the maximal inscribed
             circle along the vessel's centreline, e.g. the maximum aortic diameter), empty when the label is
             absent from the case; re-read from the label map for cases skipped by ``resume``.
 
@@ -148,8 +157,6 @@ class BatchRunner:
         if self.output_labels is None:
             return {}
         if self.output_labels == "brats":
-            from medseg3d.constants import EDITIONS
-
             return EDITIONS[getattr(case, "edition", None) or "2021"].to_source
         return {int(k): int(v) for k, v in self.output_labels.items()}
 
@@ -165,8 +172,6 @@ class BatchRunner:
 
     # -- one case -------------------------------------------------------------------------------------------
     def _skip_row(self, case: Any, path: Path) -> dict[str, Any]:
-        import nibabel as nib
-
         row: dict[str, Any] = {"status": "skipped", "error": "output exists (resume)"}
         try:
             image = nib.load(str(path))
@@ -181,15 +186,12 @@ class BatchRunner:
         """``<name>_max_diameter_mm`` of each label of ``diameters`` (None, an empty cell, when absent)."""
         if not self.diameters:
             return {}
-        from medseg3d.measure import label_diameters
 
         written = self._written_labels(case)
         found = label_diameters(labels, spacing, {name: written[name] for name in self.diameters})
         return {f"{name}_max_diameter_mm": None if mm is None else round(mm, 2) for name, mm in found.items()}
 
     def _run_case(self, case: Any, scan_future: Future) -> dict[str, Any]:
-        from medseg3d.data.scans import write_label
-
         start = time.perf_counter()
         scan = scan_future.result()  # raises the reading error of this case
         labels = self.predictor(scan.array, scan.affine)
@@ -199,8 +201,6 @@ class BatchRunner:
         row.update(label_volumes(written, scan.spacing, self._written_labels(case)))
         row.update(self._diameter_columns(written, scan.spacing, case))
         if self.preview:
-            from medseg3d.inference.preview import save_preview
-
             path = self.output_dir / "previews" / f"{case.case_id}.png"
             save_preview(scan.array, labels, path, case.case_id, window=self.preview_window)
         row["seconds"] = round(time.perf_counter() - start, 2)
@@ -209,19 +209,14 @@ class BatchRunner:
     # -- the batch ------------------------------------------------------------------------------------------
     def cases(self) -> list[Any]:
         """Every case of ``input_dir`` (this rank's share under ``torchrun``), bad ones included."""
-        from medseg3d.data.scans import find_scans
-        from medseg3d.engine.distributed import is_distributed
 
         found = find_scans(self.input_dir, expect=self.expect, exclude=[self.output_dir])
         if is_distributed():
-            import torch.distributed as dist
-
             found = found[dist.get_rank() :: dist.get_world_size()]
         return found
 
     def run(self) -> list[dict[str, Any]]:
         """Run every case; returns the summary rows (all ranks' on rank 0). Never raises for one case."""
-        from medseg3d.data.scans import read_scan
 
         self.output_dir.mkdir(parents=True, exist_ok=True)
         cases = self.cases()
@@ -267,25 +262,16 @@ class BatchRunner:
     def _bar(self, total: int):
         if not self.progress:
             return None
-        from tqdm import tqdm
-
-        from medseg3d.engine.distributed import get_rank
 
         return tqdm(total=total, desc=f"infer (rank {get_rank()})" if get_rank() else "infer", unit="case")
 
     @staticmethod
     def _free_memory() -> None:
-        import gc
-
-        import torch
-
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
     def _rank_summary_path(self) -> Path:
-        from medseg3d.engine.distributed import get_rank, is_distributed
-
         if is_distributed():
             return self.output_dir / f".{SUMMARY}.rank{get_rank()}"
         return self.output_dir / SUMMARY
@@ -298,8 +284,6 @@ class BatchRunner:
         return [*BASE_COLUMNS, *extra]
 
     def _write_summary(self, rows: Sequence[Mapping[str, Any]], path: Path) -> None:
-        from medseg3d.data.io import write_text
-
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=self._columns(), extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
@@ -308,11 +292,9 @@ class BatchRunner:
 
     def _finish(self) -> list[dict[str, Any]]:
         """Rank 0 merges every rank's rows into ``summary.csv`` (in case order) when distributed."""
-        from medseg3d.engine.distributed import is_distributed
 
         if not is_distributed():
             return self.rows
-        import torch.distributed as dist
 
         gathered: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, self.rows)

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from monai.networks.nets import DynUNet, UNet
 
 KINDS = ("unet", "dynunet")
 
@@ -52,7 +53,6 @@ def res_unet(
     Raises:
         ValueError: inconsistent or out-of-range arguments, each named.
     """
-    from monai.networks.nets import UNet
 
     channels, strides = tuple(int(c) for c in channels), tuple(int(s) for s in strides)
     if kind not in KINDS:
@@ -84,7 +84,6 @@ def res_unet(
             norm=norm,
             dropout=dropout,
         )
-    from monai.networks.nets import DynUNet
 
     return DynUNet(
         spatial_dims,

@@ -26,7 +26,9 @@ from monai.transforms import (
 )
 from monai.utils import TransformBackends, convert_to_dst_type, get_equivalent_dtype
 
-from medseg3d.inference.postprocess import parse_rules, postprocess_labels
+from medseg3d.core.constants import PREPARED_LABELS, REGIONS
+from medseg3d.core.errors import InputError
+from medseg3d.ops.components import parse_rules, postprocess_labels
 
 PadWidth = tuple[tuple[int, int], ...]
 
@@ -73,14 +75,12 @@ class CheckFinite(Transform):
         >>> CheckFinite()(bad)
         Traceback (most recent call last):
         ...
-        medseg3d.errors.InputError: ct_007.nii.gz: 1 NaN or infinite voxel(s): expected finite intensities
+        medseg3d.core.errors.InputError: ct_007.nii.gz: 1 NaN or infinite voxel(s): expected finite intensities
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
-        from medseg3d.errors import InputError
-
         finite = torch.isfinite(img) if isinstance(img, torch.Tensor) else np.isfinite(img)
         if not bool(finite.all()):
             name = img.meta.get("filename_or_obj") if isinstance(img, MetaTensor) else None
@@ -225,8 +225,6 @@ class LabelsToRegions(Transform):
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
     def __init__(self, regions: Mapping[str, Sequence[int]] | None = None) -> None:
-        from medseg3d.constants import REGIONS
-
         regions = REGIONS if regions is None else regions
         if not regions or any(len(values) == 0 for values in regions.values()):
             raise ValueError(f"regions must map each name to at least one label value, got {regions!r}")
@@ -246,10 +244,25 @@ class LabelsToRegions(Transform):
         return np.stack([np.isin(img[0], v) for v in self.regions.values()]).astype(np.float32)
 
 
+def regions_to_labels(regions: np.ndarray) -> np.ndarray:
+    """Binary WT, TC, ET masks (shape (3, X, Y, Z)) -> prepared labels (shape (X, Y, Z)): ED, NCR, ET.
+
+    The inverse of ``LabelsToRegions`` on nested regions (ET in TC in WT): WT outside TC is edema, TC
+    outside ET is necrosis.
+
+    >>> regions_to_labels(np.array([[1, 1, 1, 0], [0, 1, 1, 0], [0, 0, 1, 0]])[..., None, None])[:, 0, 0].tolist()
+    [2, 1, 3, 0]
+    """
+    labels = np.zeros(regions.shape[1:], dtype=np.uint8)
+    for channel, name in enumerate(("ED", "NCR", "ET")):  # WT, then TC, then ET overwrite
+        labels[regions[channel] > 0] = PREPARED_LABELS[name]
+    return labels
+
+
 class ConnectedComponents(Transform):
     """Connected-component cleanup of a label map, per label: keep the k largest, remove small, fill holes.
 
-    A thin wrapper of ``medseg3d.inference.postprocess.postprocess_labels`` (read it for the order of the
+    A thin wrapper of ``medseg3d.ops.components.postprocess_labels`` (read it for the order of the
     operations, the ``"all"`` rule and how filled holes meet other labels). ``{"all": {"keep_largest": 1}}``
     gives what MONAI's ``KeepLargestConnectedComponent(independent=False)`` gives and
     ``{1: {"keep_largest": 1}, 2: {"keep_largest": 1}}`` what ``applied_labels=[1, 2]`` gives, voxel for

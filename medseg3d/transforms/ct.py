@@ -32,8 +32,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
-from monai.transforms import InvertibleTransform
+import torch.nn.functional as F
+from monai.data import MetaTensor
+from monai.transforms import CropForegroundd, InvertibleTransform, Orientationd, ScaleIntensityRanged, Spacingd
+from monai.utils import ensure_tuple
 
 DEFAULT_SPACING = (1.5, 1.5, 1.5)
 DEFAULT_HU_WINDOW = (-200.0, 800.0)
@@ -48,8 +52,6 @@ def sample_in_slabs(src, source_affine, target_affine, target_shape, slab: int, 
     Yields ``(start, stop, part)``, ``part`` of shape (C, X', Y', stop - start): only one slab's sampling grid
     exists at a time (MONAI builds it for the whole target volume).
     """
-    import numpy as np
-    import torch.nn.functional as F
 
     mapping = torch.as_tensor(
         np.linalg.inv(np.asarray(source_affine, np.float64)) @ np.asarray(target_affine, np.float64),
@@ -88,9 +90,6 @@ class SlabSpacingd(InvertibleTransform):
     """
 
     def __init__(self, keys, pixdim: Sequence[float], mode="bilinear", slab: int = 32) -> None:
-        from monai.transforms import Spacingd
-        from monai.utils import ensure_tuple
-
         self.keys = ensure_tuple(keys)
         self.modes = ensure_tuple(mode) if isinstance(mode, (list, tuple)) else (mode,) * len(self.keys)
         if len(self.modes) != len(self.keys):
@@ -108,8 +107,6 @@ class SlabSpacingd(InvertibleTransform):
         return d
 
     def _apply(self, img, mode: str):
-        from monai.data import MetaTensor
-
         pending = img.pending_operations
         if not pending:
             return img
@@ -172,7 +169,6 @@ def ct_preprocessing(
     Raises:
         ValueError: a spacing that is not three positive numbers, or a window with high <= low.
     """
-    from monai.transforms import CropForegroundd, Orientationd, ScaleIntensityRanged
 
     pixdim = tuple(float(s) for s in spacing)
     if len(pixdim) != 3 or min(pixdim) <= 0:

@@ -5,7 +5,7 @@ A 2.5D model segments one slice of a volume at a time, but its input holds the `
 builds that input from a (C, X, Y, Z) volume, ``CentreSlice`` gives the matching label (the centre slice)
 and ``SlicesToVolume`` puts per-slice predictions back into a volume.
 
-Channel order (every class here and ``medseg3d.inference.slice_inferer``): channel-major, output channel
+Channel order (every class here and ``medseg3d.inferers.slice_stack``): channel-major, output channel
 ``c * (2k+1) + (j+k)`` is input channel ``c`` at slice ``index + j``, ``j = -k..k``. Neighbours outside the
 volume repeat the edge slice (``edge="replicate"``) or are zeros (``edge="zero"``).
 """

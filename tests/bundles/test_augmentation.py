@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from medseg3d.data.io import save_nifti
-from medseg3d.engine.bundle import make_workflow
+from medseg3d.bundle.workflow import make_workflow
+from medseg3d.core.io import save_nifti
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "brats_mri_resunet_3d"
 SPATIAL = ("prob_rotate", "prob_zoom", "prob_elastic", "prob_flip")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medseg3d.engine.checkpoint import load_checkpoint
+from medseg3d.core.checkpoint_format import load_checkpoint
 from medseg3d.networks import res_unet
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "brats_mri_resunet_3d"

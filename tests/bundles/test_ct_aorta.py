@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medseg3d.data.datalist import build_datalist
+from medseg3d.core.checkpoint_format import load_checkpoint
+from medseg3d.data.pairs import build_datalist
 from medseg3d.data.synth_ct import write_ct_cases
-from medseg3d.engine.checkpoint import load_checkpoint
 from medseg3d.inference.predictor import chunk_slices
 
 REPO = Path(__file__).resolve().parents[2]
@@ -134,7 +134,7 @@ def test_a_scan_over_chunk_voxels_goes_in_chunks_onto_its_own_grid(
 
 
 def test_chunk_voxels_none_turns_chunks_off_and_text_fails_before_any_case() -> None:
-    from medseg3d.engine.bundle import make_workflow
+    from medseg3d.bundle.workflow import make_workflow
 
     parser = make_workflow(BUNDLE, "inference", {"chunk_voxels": None}).parser
     assert parser.get_parsed_content("predictor#chunk_voxels") is None

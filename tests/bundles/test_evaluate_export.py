@@ -15,15 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from medseg3d.engine.bundle import run_bundle
-from medseg3d.engine.checkpoint import load_checkpoint, save_checkpoint
-from medseg3d.engine.datalist import fold_datalists
-from medseg3d.engine.handlers import eval_report, load_weights
-from medseg3d.engine.handlers.eval_report import regions_to_labels
-from medseg3d.engine.handlers.load_weights import network_state
-from medseg3d.errors import InputError
+from medseg3d.bundle.workflow import run_bundle
+from medseg3d.core.checkpoint_format import load_checkpoint, network_state, save_checkpoint
+from medseg3d.core.errors import InputError
+from medseg3d.data.dataset_json import fold_datalists
 from medseg3d.networks import res_unet
-from medseg3d.transforms.array import LabelsToRegions
+from medseg3d.training.handlers import eval_report, load_weights
+from medseg3d.transforms.array import LabelsToRegions, regions_to_labels
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "brats_mri_resunet_3d"
 CONFIGS = "['configs/common.yaml','configs/train.yaml','configs/evaluate.yaml']"
@@ -249,7 +247,7 @@ def test_regions_to_labels_inverts_labels_to_regions() -> None:
 def test_report_leaves_undefined_dice_empty_and_out_of_the_summary(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from medseg3d.engine.handlers.eval_report import EvalReport
+    from medseg3d.training.handlers.eval_report import EvalReport
 
     nan = float("nan")
     details = {

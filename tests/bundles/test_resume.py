@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from ignite.engine import Events
 
-from medseg3d.engine.bundle import make_workflow, run_bundle, run_workflow
-from medseg3d.engine.checkpoint import load_checkpoint
-from medseg3d.errors import InputError
+from medseg3d.bundle.workflow import make_workflow, run_bundle, run_workflow
+from medseg3d.core.checkpoint_format import load_checkpoint
+from medseg3d.core.errors import InputError
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "brats_mri_resunet_3d"
 # 2 training cases, batch 1: 2 iterations per epoch, so a stop can fall mid-epoch.

@@ -17,9 +17,9 @@ import torch
 from ignite.engine import Events
 from scipy import ndimage
 
-from medseg3d.data.io import save_nifti
-from medseg3d.engine.bundle import make_workflow, run_bundle, run_workflow
-from medseg3d.engine.checkpoint import load_checkpoint
+from medseg3d.bundle.workflow import make_workflow, run_bundle, run_workflow
+from medseg3d.core.checkpoint_format import load_checkpoint
+from medseg3d.core.io import save_nifti
 from medseg3d.networks import res_unet
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medseg3d.constants import EDITIONS
+from medseg3d.core.constants import EDITIONS
+from medseg3d.core.errors import InputError
+from medseg3d.core.io import save_nifti
 from medseg3d.data.brats import detect_edition, find_cases
 from medseg3d.data.folds import assign_folds
-from medseg3d.data.io import save_nifti
-from medseg3d.errors import InputError
 
 
 def _touch(folder: Path, *names: str) -> None:

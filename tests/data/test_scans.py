@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medseg3d.data.io import keep_locale
+from medseg3d.core.errors import InputError
+from medseg3d.core.io import keep_locale
 from medseg3d.data.scans import (
     NOT_A_BRATS_INPUT,
     NOT_AN_IMAGE,
@@ -30,7 +31,6 @@ from medseg3d.data.scans import (
 )
 from medseg3d.data.synth_brats import write_brats_tree
 from medseg3d.data.synth_ct import write_ct_cases
-from medseg3d.errors import InputError
 
 SHAPE = (20, 24, 28)
 SPACING = (0.8, 0.9, 2.5)

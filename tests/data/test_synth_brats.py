@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from medseg3d.constants import EDITIONS, MODALITIES
+from medseg3d.core.constants import EDITIONS, MODALITIES
 from medseg3d.data.synth_brats import (
     NAME_MAPPING_HEADER,
     TISSUES,

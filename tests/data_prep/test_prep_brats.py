@@ -16,12 +16,13 @@ import pytest
 from monai.data import load_decathlon_datalist
 from monai.transforms import EnsureChannelFirst, LoadImage
 
-from data_prep.prep_brats import PrepOptions, main, prep_brats
-from medseg3d.constants import EDITIONS, MODALITIES, REGIONS
+from data_prep.prep_brats import main
+from medseg3d.preparation.brats import PrepOptions, prep_brats
+from medseg3d.core.constants import EDITIONS, MODALITIES, REGIONS
+from medseg3d.core.errors import InputError
+from medseg3d.core.io import save_nifti
 from medseg3d.data.brats import find_cases
-from medseg3d.data.io import save_nifti
 from medseg3d.data.synth_brats import write_brats_tree
-from medseg3d.errors import InputError
 from medseg3d.transforms.array import CropPadding, RemapLabels
 
 SHAPE = (48, 40, 31)

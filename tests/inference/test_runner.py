@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+from medseg3d.bundle.infer import default_checkpoint, infer_overrides
 from medseg3d.cli import main
+from medseg3d.core.checkpoint_format import save_checkpoint
+from medseg3d.core.errors import InputError
 from medseg3d.data.synth_brats import write_brats_tree
-from medseg3d.engine.checkpoint import save_checkpoint
-from medseg3d.errors import InputError
-from medseg3d.inference.bundle import default_checkpoint, infer_overrides
 from medseg3d.inference.predictor import Predictor, logits_to_labels
 from medseg3d.inference.runner import label_volumes
 from medseg3d.networks import res_unet

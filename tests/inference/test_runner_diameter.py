@@ -84,7 +84,7 @@ def test_summary_gets_each_requested_label_diameter(first_run: Path) -> None:
 
 
 def test_the_diameter_is_measured_on_the_written_labels(first_run: Path) -> None:
-    from medseg3d.measure import max_diameter_mm
+    from medseg3d.ops.diameter import max_diameter_mm
 
     _, rows = _summary(first_run)
     written = nib.load(str(first_run / "both.nii.gz"))

@@ -19,7 +19,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from medseg3d.data.io import keep_locale
+from medseg3d.core.io import keep_locale
 
 SHAPE = (24, 20, 16)  # non-cubic; every axis at least the CT phantom's minimum of 16
 UID_ROOT = "1.2.826.0.1.3680043.10.1234.99."

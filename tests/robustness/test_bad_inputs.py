@@ -25,8 +25,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from medseg3d.core.errors import InputError
 from medseg3d.data.brats import safe_case_id
-from medseg3d.errors import InputError
 
 _spec = importlib.util.spec_from_file_location("robustness_corpus", Path(__file__).with_name("corpus.py"))
 corpus = importlib.util.module_from_spec(_spec)
@@ -420,7 +420,7 @@ def test_prep_brats(case_id: str, prep_batch: dict[str, Any]) -> None:
 
 
 def _prep_no_images(tmp: Path) -> None:
-    from data_prep.prep_brats import prep_brats
+    from medseg3d.preparation.brats import prep_brats
 
     raw = tmp / "raw"
     corpus.not_an_image(raw / "README.txt")
@@ -431,7 +431,7 @@ def _prep_no_images(tmp: Path) -> None:
 
 
 def _prep_unwritable_out(tmp: Path) -> None:
-    from data_prep.prep_brats import prep_brats
+    from medseg3d.preparation.brats import prep_brats
 
     corpus.brats_tree(tmp / "raw", cases=1, seed=4)
     out = unwritable(tmp)
@@ -577,7 +577,7 @@ def test_datalist(case_id: str, datalist_batch: dict[str, Any]) -> None:
 
 
 def _datalist_no_images(tmp: Path) -> None:
-    from medseg3d.data.datalist import DatalistError, build_datalist
+    from medseg3d.data.pairs import DatalistError, build_datalist
 
     corpus.not_an_image(tmp / "root" / "imagesTr" / "README.txt")
     assert_error(medseg3d("datalist", tmp / "root"), _BY_ID["datalist_no_images"], tmp / "root")
@@ -628,7 +628,7 @@ def _train_max_epochs_abc(tmp: Path, dataset: Path) -> None:
 
 
 def _train_negative_learning_rate(tmp: Path, dataset: Path) -> None:
-    from medseg3d.engine.bundle import make_workflow
+    from medseg3d.bundle.workflow import make_workflow
 
     run = _train(dataset, tmp / "run", "--learning_rate", "-1")
     assert_error(run, _BY_ID["train_negative_learning_rate"], "learning_rate")
@@ -644,7 +644,7 @@ def _train_unknown_key(tmp: Path, dataset: Path) -> None:
 
 
 def _train_malformed_dataset_json(tmp: Path, dataset: Path) -> None:
-    from medseg3d.engine.datalist import fold_datalists
+    from medseg3d.data.dataset_json import fold_datalists
 
     path = corpus.malformed_json(tmp / "data" / "dataset.json")
     assert_error(_train(tmp / "data", tmp / "run"), _BY_ID["train_malformed_dataset_json"], path)

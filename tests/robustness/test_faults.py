@@ -30,12 +30,12 @@ import numpy as np
 import pytest
 import torch
 
-import medseg3d.data.io as io
-from data_prep.prep_brats import PrepOptions, prep_brats
+import medseg3d.core.io as io
+from medseg3d.preparation.brats import PrepOptions, prep_brats
 from data_prep.prep_brats import main as prep_main
 from medseg3d.cli import main
+from medseg3d.core.checkpoint_format import load_checkpoint, save_checkpoint
 from medseg3d.data.synth_brats import write_brats_tree
-from medseg3d.engine.checkpoint import load_checkpoint, save_checkpoint
 from medseg3d.networks import res_unet
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,7 +60,7 @@ needs_dev_full = pytest.mark.skipif(not os.path.exists("/dev/full"), reason="nee
 
 
 def _is_tmp(path: Path) -> bool:
-    """A writer's temporary file (``.<name>.<random>.tmp<ext>``, see ``medseg3d.data.io.atomic_path``)."""
+    """A writer's temporary file (``.<name>.<random>.tmp<ext>``, see ``medseg3d.core.io.atomic_path``)."""
     return path.name.startswith(".") and ".tmp" in path.name
 
 
@@ -326,7 +326,7 @@ def test_batch_inference_killed_at_a_random_moment_resumes_to_the_same_labels(
 @pytest.fixture(scope="module")
 def train_reference(tiny_prepared: Path, tmp_path_factory) -> Path:
     """The uninterrupted tiny run."""
-    from medseg3d.engine.bundle import run_bundle
+    from medseg3d.bundle.workflow import run_bundle
 
     run_dir = tmp_path_factory.mktemp("faults_train_reference") / "run"
     run_bundle(BUNDLE, "train", {**TRAIN, "dataset_dir": str(tiny_prepared), "output_dir": str(run_dir)})
@@ -397,8 +397,8 @@ def test_sigkill_between_checkpoint_write_and_rename_keeps_the_previous_one(tmp_
     path = tmp_path / "last.pt"
     script = (
         "import os, signal, sys, torch\n"
-        "import medseg3d.data.io as io\n"
-        "from medseg3d.engine.checkpoint import save_checkpoint\n"
+        "import medseg3d.core.io as io\n"
+        "from medseg3d.core.checkpoint_format import save_checkpoint\n"
         "path = sys.argv[1]\n"
         "save_checkpoint({'epoch': 1, 'w': torch.ones(4)}, path)\n"
         "io.os.replace = lambda src, dst: os.kill(os.getpid(), signal.SIGKILL)\n"
@@ -532,7 +532,7 @@ def test_full_disk_during_training_stops_with_the_file_named_and_resumes_exactly
 ) -> None:
     """The second epoch's ``last.pt`` finds the disk full: training stops naming it, epoch 1's ``last.pt`` is
     intact, and once there is room ``--resume`` ends where the uninterrupted run does."""
-    from medseg3d.engine.bundle import make_workflow, run_workflow
+    from medseg3d.bundle.workflow import make_workflow, run_workflow
 
     run_dir = tmp_path / "run"
     overrides = {**TRAIN, "dataset_dir": str(tiny_prepared), "output_dir": str(run_dir)}

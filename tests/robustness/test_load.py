@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 import torch
 
+from medseg3d.core.checkpoint_format import save_checkpoint
 from medseg3d.data.synth_brats import write_brats_tree
-from medseg3d.engine.checkpoint import save_checkpoint
 from medseg3d.networks import res_unet
 
 REPO = Path(__file__).resolve().parents[2]

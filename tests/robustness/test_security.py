@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from medseg3d.cli import main
+from medseg3d.core.checkpoint_format import load_checkpoint, save_checkpoint
+from medseg3d.core.errors import InputError
 from medseg3d.data.synth_brats import write_brats_tree
-from medseg3d.engine.checkpoint import load_checkpoint, save_checkpoint
-from medseg3d.errors import InputError
 from medseg3d.networks import res_unet
 
 REPO = Path(__file__).resolve().parents[2]
@@ -165,9 +165,9 @@ def test_infer_refuses_a_checkpoint_that_would_run_code(tmp_path: Path, capsys, 
 def test_every_checkpoint_loader_refuses_it(tmp_path: Path, layout: str) -> None:
     """``load_checkpoint`` (training resume, cross-validation), ``Checkpoints.restore`` (``train --resume``),
     ``load_into`` (the evaluate overlay's ``LoadWeights``) and the ``Predictor``."""
-    from medseg3d.engine.handlers.checkpoints import Checkpoints
-    from medseg3d.engine.handlers.load_weights import load_into
+    from medseg3d.core.checkpoint_format import load_into
     from medseg3d.inference.predictor import load_network_weights
+    from medseg3d.training.handlers.checkpoints import Checkpoints
 
     marker = tmp_path / "PWNED"
     evil = _write_malicious(tmp_path / "evil.pt", marker, layout)
@@ -267,7 +267,7 @@ def _checkpoint(folder: Path) -> Path:
 
 
 def test_prep_brats_case_ids_from_hostile_names_stay_inside_the_output_folder(tmp_path: Path) -> None:
-    from data_prep.prep_brats import PrepOptions, prep_brats
+    from medseg3d.preparation.brats import PrepOptions, prep_brats
 
     raw = tmp_path / "raw"
     folders = write_brats_tree(raw, cases=len(HOSTILE_NAMES), edition="2021", shape=(24, 20, 16), seed=0)
@@ -313,7 +313,7 @@ def _poison(dataset: Path, payloads: dict[str, str]) -> None:
 
 def test_dataset_json_strings_are_never_evaluated(tiny_prepared: Path, tmp_path: Path, capsys) -> None:
     """Expressions as image/label paths, case IDs and metadata: a missing file, reported, never run."""
-    from medseg3d.engine.datalist import fold_datalists
+    from medseg3d.data.dataset_json import fold_datalists
 
     dataset = tmp_path / "dataset"
     shutil.copytree(tiny_prepared, dataset)

@@ -1,0 +1,1 @@
+"""The bundle runtime: running, resuming and cross-validating bundle workflows, and `medseg3d infer` over a bundle."""

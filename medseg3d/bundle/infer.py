@@ -1,0 +1,133 @@
+"""``medseg3d infer``: a bundle's ``inference`` workflow over a folder, with the command's flags as overrides."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medseg3d.bundle.workflow import make_workflow, run_workflow
+from medseg3d.core.errors import InputError
+from medseg3d.core.io import config_path
+from medseg3d.core.overrides import parse_overrides
+from medseg3d.core.ranks import finalize_distributed, init_distributed, local_device
+from medseg3d.inference.runner import SUMMARY, failed_count, seconds_per_case
+
+logger = logging.getLogger(__name__)
+
+
+def default_checkpoint(bundle_dir: str | os.PathLike, runs_root: str | os.PathLike = "runs") -> Path:
+    """The weights ``medseg3d infer`` uses without ``--checkpoint``: the bundle's ``models/model.pt`` (MONAI
+    model-zoo layout, e.g. after ``ckpt_export``), else ``best.pt`` of the newest run of this bundle under
+    ``runs_root/<bundle folder name>``.
+
+    Raises:
+        InputError: neither exists.
+    """
+    bundle = Path(bundle_dir)
+    exported = bundle / "models" / "model.pt"
+    if exported.is_file():
+        return exported
+    runs = Path(runs_root) / bundle.resolve().name
+    best = sorted(runs.glob("**/checkpoints/best.pt"), key=lambda p: p.stat().st_mtime)
+    if best:
+        return best[-1]
+    raise InputError(
+        bundle,
+        f"no weights to infer with: no {exported} and no checkpoints/best.pt under {runs}; pass --checkpoint PATH",
+    )
+
+
+def infer_overrides(
+    input_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    checkpoint: str | os.PathLike,
+    device: str = "auto",
+    overlap: float | None = None,
+    tta: bool = False,
+    preview: bool = False,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """The inference config overrides that ``medseg3d infer``'s flags stand for.
+
+    >>> infer_overrides("in", "out", "w.pt", device="cpu", overlap=0.25)["device"]
+    "$torch.device('cpu')"
+    """
+
+    # Paths are data: a folder named "$..." or "@..." must not become a config expression (docs/security.md).
+    overrides: dict[str, Any] = {
+        "input_dir": config_path(input_dir),
+        "output_dir": config_path(output_dir),
+        "checkpoint": config_path(checkpoint),
+        "tta": bool(tta),
+        "preview": bool(preview),
+        "resume": bool(resume),
+    }
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
+    if device != "auto":
+        overrides["device"] = f"$torch.device({device!r})"
+    if overlap is not None:
+        if not 0 <= overlap < 1:
+            raise ValueError(f"--overlap must be in [0, 1), got {overlap}")
+        overrides["overlap"] = float(overlap)
+    return overrides
+
+
+def infer_folder(
+    bundle_dir: str | os.PathLike,
+    input_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    checkpoint: str | os.PathLike | None = None,
+    device: str = "auto",
+    overlap: float | None = None,
+    tta: bool = False,
+    preview: bool = False,
+    resume: bool = False,
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+) -> int:
+    """Run the bundle's ``inference`` workflow on ``input_dir``; print the summary; return the exit code
+    (0 when every case is ok or skipped, 1 when any failed).
+
+    Raises:
+        InputError: the input folder, the bundle or the checkpoint is unusable (before any case runs).
+    """
+
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available here (use --device cpu or auto)")
+    if not Path(input_dir).exists():
+        raise InputError(input_dir, "input not found (expected a folder of scans or one scan)")
+    extra = parse_overrides(list(overrides)) if not isinstance(overrides, Mapping) else dict(overrides)
+    weights = Path(checkpoint) if checkpoint is not None else default_checkpoint(bundle_dir)
+    settings = {
+        **infer_overrides(input_dir, output_dir, weights, device, overlap, tta, preview, resume),
+        **extra,
+    }
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:  # under torchrun: each rank takes its share of the cases
+        rank_device = local_device(cuda=False if device == "cpu" else None)
+        init_distributed(rank_device)
+        settings["device"] = f"$torch.device({str(rank_device)!r})"
+    try:
+        wf = make_workflow(bundle_dir, "inference", settings)
+        run_workflow(wf)
+        rows = wf.parser.get_parsed_content("runner").rows
+    finally:
+        if distributed:
+            finalize_distributed()
+    failed = failed_count(rows)
+    if not distributed or int(os.environ.get("RANK", "0")) == 0:
+        counts = {status: sum(1 for r in rows if r["status"] == status) for status in ("ok", "skipped", "failed")}
+        print(
+            f"{len(rows)} cases: {counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed; "
+            f"{seconds_per_case(rows):.1f} s per case; {Path(output_dir) / SUMMARY}"
+        )
+        for row in rows:
+            if row["status"] == "failed":
+                print(f"  failed {row['case_id']}: {row['error']}")
+    return 1 if failed else 0

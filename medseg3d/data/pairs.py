@@ -1,0 +1,655 @@
+"""Training datalists from a folder of image/label pairs: what ``medseg3d datalist ROOT`` writes.
+
+:func:`build_datalist` finds the pairs under ROOT in two layouts, checks every pair (both readable, the label on the
+image's voxel grid, label values non-negative integers), assigns cross-validation folds with
+:func:`medseg3d.data.folds.assign_folds` and writes ``OUT/dataset.json`` (default OUT = ROOT) atomically, in the
+format that :func:`medseg3d.data.dataset_json.fold_datalists` reads. A pair that fails a check is reported (the file
+at fault and what was expected) and left out; the others are still listed.
+
+Layouts (``docs/data.md``, "Image/label pairs"):
+
+1. Decathlon / nnU-Net: ``imagesTr/<id>.<ext>`` (nnU-Net's channel suffix ``<id>_0000.<ext>`` maps to ``<id>``) or
+   a DICOM series folder ``imagesTr/<id>/``, with ``labelsTr/<id>.<ext>``; such a pair of folders may lie anywhere
+   under ROOT.
+2. Suffix pairs anywhere under ROOT: ``<id>_ct.<ext>`` or a DICOM series folder ``<id>_ct/`` with
+   ``<id>_seg.<ext>`` (``-ct``/``-seg`` too, any case); a bare ``ct.<ext>``/``seg.<ext>`` takes its folder's name.
+
+``<ext>`` is ``.nii.gz``, ``.nii``, ``.nrrd``, ``.nhdr``, ``.mha`` or ``.mhd``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+
+from medseg3d.core.constants import NIFTI_EXTENSIONS
+from medseg3d.core.errors import InputError, check_output_folder
+from medseg3d.core.io import write_json
+from medseg3d.data.brats import safe_case_id
+from medseg3d.data.folds import assign_folds
+from medseg3d.data.scans import (
+    IMAGE_EXTENSIONS,
+    ScanCase,
+    _check_slice_positions,
+    _gdcm_series,
+    _image_extension,
+    itk_affine_ras,
+)
+from medseg3d.data.volumes import _load_header, _read_data, _spatial_shape
+
+logger = logging.getLogger(__name__)
+
+GENERATOR = "medseg3d datalist"
+DATASET_JSON = "dataset.json"
+# The label must lie on the image's grid: spacing within 0.1 %, origin within 1 % of the smallest voxel size,
+# direction cosines within 0.001. Round-off between tools (float32 NIfTI headers, DICOM decimal strings) passes;
+# a resampled label, another spacing or a shift of a tenth of a voxel does not.
+SPACING_RTOL = 1e-3
+ORIGIN_TOLERANCE_VOXELS = 0.01
+DIRECTION_TOLERANCE = 1e-3
+_CHUNK = 1 << 22  # voxels per block when scanning label values (bounded memory on full-size CT)
+_SUFFIX = re.compile(r"^(?:(?P<id>.+?)[_-])?(?P<role>ct|seg)$", re.IGNORECASE)
+_CHANNEL = re.compile(r"^(?P<id>.+)_(?P<channel>\d{4})$")
+_EXTENSIONS_TEXT = "/".join(IMAGE_EXTENSIONS)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A file that is not listed, and why.
+
+    Attributes:
+        path: the file (or DICOM series folder) at fault, as found under ROOT.
+        reason: what is wrong and what was expected.
+    """
+
+    path: Path
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclass
+class DatalistResult:
+    """What :func:`build_datalist` wrote.
+
+    Attributes:
+        path: the ``dataset.json`` written.
+        entries: its ``training`` entries (``image``, ``label`` relative to the file's folder, ``case_id``, ``fold``),
+            sorted by case ID.
+        rejected: the pairs left out (also in the file's ``rejected`` list, with paths relative to its folder).
+        labels: label value (as a string) -> name, background ``"0"`` first.
+        folds: the number of folds.
+        warnings: things that do not stop the listing but may surprise training (non-consecutive label values).
+    """
+
+    path: Path
+    entries: list[dict[str, Any]]
+    rejected: list[Rejection]
+    labels: dict[str, str]
+    folds: int
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line: cases, folds, label values, rejected count."""
+        values = ", ".join(self.labels)
+        return (
+            f"{self.path}: {len(self.entries)} cases in {self.folds} folds, label values {values}, "
+            f"{len(self.rejected)} rejected"
+        )
+
+
+class DatalistError(InputError):
+    """Nothing can be listed (no usable pair, too few cases for the folds, ``--labels`` not matching the values).
+
+    Attributes:
+        rejected: the pairs rejected before the error, so that a caller can still report them.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, problem: str, rejected: Sequence[Rejection] = ()) -> None:
+        super().__init__(path, problem)
+        self.rejected = list(rejected)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """An image and its label as found on disk (nothing read yet).
+
+    Attributes:
+        case_id: unique under ROOT (compared case-insensitively), a plain file name.
+        image: the image file or DICOM series folder.
+        label: the label file.
+        modality: ``"CT"`` for ``<id>_ct`` images, else None (a DICOM series' Modality tag is read later).
+    """
+
+    case_id: str
+    image: Path  # a file or a DICOM series folder
+    label: Path
+    modality: str | None  # "CT" for <id>_ct; a DICOM series' Modality tag replaces it
+
+
+@dataclass(frozen=True)
+class _Grid:
+    shape: tuple[int, int, int]
+    affine: np.ndarray  # voxel -> RAS mm
+
+    @property
+    def spacing(self) -> np.ndarray:
+        return np.linalg.norm(self.affine[:3, :3], axis=0)
+
+    @property
+    def direction(self) -> np.ndarray:
+        return self.affine[:3, :3] / self.spacing
+
+    @property
+    def origin(self) -> np.ndarray:
+        return self.affine[:3, 3]
+
+
+# ---------------------------------------------------------------------------------------------------------- discovery
+
+
+def _stem(path: Path) -> str | None:
+    """The file name without its image extension, or None for a file that is no image.
+
+    >>> _stem(Path("a/ct_000_0000.nii.gz")), _stem(Path("b.MHA")), _stem(Path("notes.txt"))
+    ('ct_000_0000', 'b', None)
+    """
+    extension = _image_extension(path)
+    return path.name[: -len(extension)] if extension else None
+
+
+def _visible(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def _names(paths: Sequence[Path]) -> str:
+    return ", ".join(p.name for p in paths)
+
+
+def _decathlon(images_dir: Path | None, labels_dir: Path | None, parent: Path) -> tuple[list[Pair], list[Rejection]]:
+    """Pairs of one imagesTr/labelsTr couple (either may be missing)."""
+    pairs: list[Pair] = []
+    rejected: list[Rejection] = []
+    labels: dict[str, list[Path]] = {}
+    if labels_dir is not None:
+        for path in _visible(labels_dir):
+            stem = _stem(path)
+            if stem is not None and path.is_file():
+                labels.setdefault(stem, []).append(path)
+    images: dict[str, list[tuple[Path, str | None]]] = {}
+    if images_dir is not None:
+        for path in _visible(images_dir):
+            stem = path.name if path.is_dir() else _stem(path)
+            if stem is None:
+                continue
+            channel = None
+            match = _CHANNEL.match(stem)
+            if stem not in labels and match:  # nnU-Net: <id>_0000 is channel 0 of case <id>
+                stem, channel = match["id"], match["channel"]
+            images.setdefault(stem, []).append((path, channel))
+    labels_name = labels_dir.name if labels_dir is not None else "labelsTr"
+    images_name = images_dir.name if images_dir is not None else "imagesTr"
+    for stem in sorted(images):
+        found = images[stem]
+        paths = [p for p, _ in found]
+        if len(found) > 1:
+            if all(channel is not None for _, channel in found):
+                reason = (
+                    f"case {stem} has {len(found)} channel files ({_names(paths)}); expected one image per case "
+                    "(multi-channel inputs are not supported)"
+                )
+            else:
+                reason = f"several images for case {stem} ({_names(paths)}); expected one file or DICOM folder"
+            rejected.append(Rejection(paths[0], reason))
+            continue
+        if stem not in labels:
+            where = f"{labels_name}/{stem}.nii.gz (or {_EXTENSIONS_TEXT})"
+            rejected.append(Rejection(paths[0], f"no label for this image; expected {where} in {parent}"))
+            continue
+        if len(labels[stem]) > 1:
+            reason = f"several labels for case {stem} ({_names(labels[stem])}); expected one"
+            rejected.append(Rejection(labels[stem][0], reason))
+            continue
+        pairs.append(Pair(safe_case_id(stem), paths[0], labels[stem][0], None))
+    for stem in sorted(set(labels) - set(images)):
+        where = f"{images_name}/{stem}.nii.gz (or {stem}_0000.nii.gz, or a DICOM series folder {images_name}/{stem}/)"
+        rejected.append(Rejection(labels[stem][0], f"no image for this label; expected {where}"))
+    return pairs, rejected
+
+
+def _suffix_pairs(found: dict[str, dict[str, list[Path]]]) -> tuple[list[Pair], list[Rejection]]:
+    """Pairs of the ``<id>_ct``/``<id>_seg`` files collected over the tree, matched by id."""
+    pairs: list[Pair] = []
+    rejected: list[Rejection] = []
+    for case in sorted(found):
+        images, labels = found[case].get("ct", []), found[case].get("seg", [])
+        if len(images) > 1:
+            reason = f"several images for case {case} ({', '.join(map(str, images))}); expected one"
+            rejected.append(Rejection(images[0], reason))
+        elif len(labels) > 1:
+            reason = f"several labels for case {case} ({', '.join(map(str, labels))}); expected one"
+            rejected.append(Rejection(labels[0], reason))
+        elif not labels:
+            reason = f"no label for this image; expected {case}_seg.nii.gz (or {_EXTENSIONS_TEXT}) under the root"
+            rejected.append(Rejection(images[0], reason))
+        elif not images:
+            reason = f"no image for this label; expected {case}_ct.nii.gz (or a DICOM series folder {case}_ct/)"
+            rejected.append(Rejection(labels[0], reason))
+        else:
+            pairs.append(Pair(safe_case_id(case), images[0], labels[0], "CT"))
+    return pairs, rejected
+
+
+def find_pairs(root: str | os.PathLike) -> tuple[list[Pair], list[Rejection]]:
+    """Image/label pairs under ``root`` (both layouts, hidden entries skipped), nothing read yet.
+
+    Returns:
+        (pairs sorted by case ID, rejections: images without label, labels without image, ambiguous or repeated
+        cases).
+
+    Raises:
+        InputError: ``root`` is not a folder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(root, "not a folder; expected a folder of image/label pairs (imagesTr/ + labelsTr/, or "
+                         "<id>_ct + <id>_seg files)")  # fmt: skip
+    pairs: list[Pair] = []
+    rejected: list[Rejection] = []
+    suffixed: dict[str, dict[str, list[Path]]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        folder = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        by_lower = {d.lower(): d for d in dirnames}
+        images_dir, labels_dir = by_lower.get("imagestr"), by_lower.get("labelstr")
+        if images_dir or labels_dir:
+            found = _decathlon(
+                folder / images_dir if images_dir else None, folder / labels_dir if labels_dir else None, folder
+            )
+            pairs += found[0]
+            rejected += found[1]
+        for name in list(dirnames):
+            match = _SUFFIX.match(name)
+            if name in (images_dir, labels_dir) or (match and match["role"].lower() == "ct"):
+                dirnames.remove(name)  # read above, or a DICOM series folder: not searched further
+            if match and match["role"].lower() == "ct":
+                suffixed.setdefault(match["id"] or folder.name, {}).setdefault("ct", []).append(folder / name)
+        for name in sorted(filenames):
+            path = folder / name
+            stem = None if name.startswith(".") else _stem(path)
+            match = _SUFFIX.match(stem) if stem else None
+            if match:
+                suffixed.setdefault(match["id"] or folder.name, {}).setdefault(match["role"].lower(), []).append(path)
+    found = _suffix_pairs(suffixed)
+    pairs += found[0]
+    rejected += found[1]
+    # One case ID per case (compared as macOS and Windows compare file names): a copy would leak between folds.
+    kept: dict[str, Pair] = {}
+    for pair in sorted(pairs, key=lambda p: (p.case_id, str(p.image))):
+        first = kept.setdefault(pair.case_id.casefold(), pair)
+        if first is not pair:
+            reason = f"case ID {pair.case_id} is also the case of {first.image}; expected unique case IDs (rename one)"
+            rejected.append(Rejection(pair.image, reason))
+    return sorted(kept.values(), key=lambda p: p.case_id), rejected
+
+
+# ----------------------------------------------------------------------------------------------------------- checking
+
+
+def _itk_grid(path: Path, size: Sequence[int], spacing, origin, direction, components: int) -> _Grid:
+    """The grid of an ITK image of any dimension; a 3D scalar volume (trailing size-1 axes dropped) expected."""
+    dims = len(size)
+    shape = tuple(int(n) for n in size)
+    if components != 1:
+        raise InputError(path, f"expected a single-channel volume, got {components} components per voxel")
+    if dims == 4 and shape[3] == 1:
+        direction = np.asarray(direction, dtype=np.float64).reshape(4, 4)[:3, :3].ravel()
+        dims, shape, spacing, origin = 3, shape[:3], spacing[:3], origin[:3]
+    if dims != 3:
+        raise InputError(path, f"expected a 3D volume, got a {dims}D image of size {shape}")
+    return _Grid(shape, itk_affine_ras(direction, spacing, origin))  # type: ignore[arg-type]
+
+
+def _sitk_grid(path: Path, image: sitk.Image) -> _Grid:
+    """``_itk_grid`` of a SimpleITK image."""
+    return _itk_grid(path, image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection(),
+                     image.GetNumberOfComponentsPerPixel())  # fmt: skip
+
+
+def _nifti_grid(path: Path, image: nib.Nifti1Image) -> _Grid:
+    shape = tuple(int(n) for n in image.shape)
+    if len(shape) > 3 and any(n != 1 for n in shape[3:]):
+        raise InputError(path, f"expected a 3D single-channel volume, got shape {shape} (multi-channel images are "
+                         "not supported)")  # fmt: skip
+    return _Grid(_spatial_shape(path, shape), np.asarray(image.affine, dtype=np.float64))  # type: ignore[arg-type]
+
+
+def _check_nifti_data(path: Path, image: nib.Nifti1Image) -> None:
+    """Raise ``InputError`` for a truncated or damaged NIfTI file without decompressing a sound one.
+
+    A sound ``.nii`` holds at least offset + voxel bytes; a sound single-stream ``.nii.gz`` ends with that size
+    (mod 2**32). Anything else (a multi-stream gzip too) is read in full, which raises for a damaged file.
+    """
+    header = image.header
+    # The offset of the file as read (the proxy's): a loaded image's header copy says 0 (nibabel resets vox_offset).
+    offset = getattr(image.dataobj, "offset", None)
+    offset = int(header.get_data_offset() if offset is None else offset)
+    expected = offset + int(np.prod(image.shape)) * header.get_data_dtype().itemsize
+    try:
+        if path.name.lower().endswith(".nii"):
+            sound = path.stat().st_size >= expected
+        else:
+            with open(path, "rb") as f:
+                f.seek(-4, os.SEEK_END)
+                sound = int.from_bytes(f.read(4), "little") == expected % 2**32
+    except OSError:
+        sound = False
+    if not sound:
+        _read_data(path, image, None)
+
+
+def _sitk_error(path: Path, what: str, exc: RuntimeError) -> InputError:
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return InputError(path, f"cannot read as {what} ({lines[-1].strip() if lines else exc})")
+
+
+def _dicom_grid(path: Path) -> tuple[_Grid, str | None]:
+    """Grid and Modality tag of the one DICOM series directly in the folder ``path`` (the series is read)."""
+    files = [p for p in _visible(path) if p.is_file()]
+    series, _ = _gdcm_series(path, files)
+    if not series:
+        raise InputError(path, "no DICOM series directly in this folder; expected the DICOM slice files of one series")
+    if len(series) > 1:
+        uids = ", ".join(uid or "(no UID)" for uid, _ in series)
+        raise InputError(path, f"holds {len(series)} DICOM series ({uids}); expected one series per case folder "
+                         "(the loader reads only one)")  # fmt: skip
+    uid, slices = series[0]
+    reader = sitk.ImageSeriesReader()
+    reader.SetImageIO("GDCMImageIO")
+    reader.SetFileNames([str(f) for f in slices])
+    reader.MetaDataDictionaryArrayUpdateOn()
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise _sitk_error(path, "a DICOM series", exc) from None
+    grid = _sitk_grid(path, image)
+    _check_slice_positions(ScanCase(path.name, "dicom", path, tuple(slices), uid), reader, image)
+    modality = reader.GetMetaData(0, "0008|0060").strip() if reader.HasMetaDataKey(0, "0008|0060") else None
+    return grid, modality or None
+
+
+def _image_grid(path: Path) -> tuple[_Grid, str | None]:
+    """Grid and modality (DICOM only) of an image, reading as little as possible.
+
+    NIfTI: the header (nibabel, as MONAI's loader reads it) and a cheap truncation check; NRRD/MHA/MHD: the whole
+    file through SimpleITK (a header alone says nothing of damaged data); DICOM: the whole series.
+    """
+    if path.is_dir():
+        return _dicom_grid(path)
+    if _image_extension(path) in NIFTI_EXTENSIONS:
+        image = _load_header(path)
+        grid = _nifti_grid(path, image)
+        _check_nifti_data(path, image)
+        return grid, None
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise _sitk_error(path, "an image", exc) from None
+    grid = _sitk_grid(path, image)
+    return grid, None
+
+
+def _read_label(path: Path) -> tuple[_Grid, np.ndarray]:
+    """Grid and voxel values of a label file."""
+    if _image_extension(path) in NIFTI_EXTENSIONS:
+        image = _load_header(path)
+        grid = _nifti_grid(path, image)
+        return grid, _read_data(path, image, None)
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise _sitk_error(path, "a label image", exc) from None
+    grid = _sitk_grid(path, image)
+    return grid, sitk.GetArrayFromImage(image)  # a copy: a view dies with the image
+
+
+def _fmt(values: np.ndarray) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in np.asarray(values, dtype=np.float64).ravel()) + ")"
+
+
+def check_label_grid(label: Path, grid: _Grid, image: Path, reference: _Grid) -> None:
+    """Raise ``InputError`` naming ``label`` unless it lies on ``image``'s voxel grid (within the tolerances).
+
+    Example:
+        >>> a = _Grid((4, 4, 4), np.diag([0.8, 0.8, 2.5, 1.0]))
+        >>> check_label_grid(Path("l.nii.gz"), _Grid((4, 4, 4), np.diag([0.8, 0.8, 2.0, 1.0])), Path("i.nii"), a)
+        Traceback (most recent call last):
+        ...
+        medseg3d.core.errors.InputError: l.nii.gz: not on the grid of its image i.nii: spacing (0.8, 0.8, 2) mm vs (0.8, 0.8, 2.5) mm; expected the label on the image's voxel grid (same size, spacing, origin and direction)
+    """  # noqa: E501
+    expected = "expected the label on the image's voxel grid (same size, spacing, origin and direction)"
+    what = f"not on the grid of its image {image.name}"
+    if grid.shape != reference.shape:
+        raise InputError(label, f"{what}: size {grid.shape} vs {reference.shape}; {expected}")
+    if np.any(np.abs(grid.spacing - reference.spacing) > SPACING_RTOL * reference.spacing):
+        raise InputError(label, f"{what}: spacing {_fmt(grid.spacing)} mm vs {_fmt(reference.spacing)} mm; {expected}")
+    if np.any(np.abs(grid.direction - reference.direction) > DIRECTION_TOLERANCE):
+        raise InputError(label, f"{what}: direction {_fmt(grid.direction)} vs {_fmt(reference.direction)} (RAS); "
+                         f"{expected}")  # fmt: skip
+    shift = float(np.max(np.abs(grid.origin - reference.origin)))
+    if shift > ORIGIN_TOLERANCE_VOXELS * float(reference.spacing.min()):
+        raise InputError(label, f"{what}: origin {_fmt(grid.origin)} vs {_fmt(reference.origin)} mm (RAS), "
+                         f"{shift:.3g} mm apart; {expected}")  # fmt: skip
+
+
+def label_values(path: str | os.PathLike, data: np.ndarray) -> list[int]:
+    """The distinct values of a label array, checked to be non-negative integers.
+
+    Integer-valued floats (0.0, 1.0) pass; the array is scanned in blocks, so memory stays small.
+
+    Example:
+        >>> label_values("l.nii.gz", np.array([[0, 2], [2, 0]], dtype=np.uint8))
+        [0, 2]
+        >>> label_values("l.nii.gz", np.array([0.0, 0.5]))
+        Traceback (most recent call last):
+        ...
+        medseg3d.core.errors.InputError: l.nii.gz: non-integer label values such as 0.5; expected non-negative integers (0 = background)
+
+    Raises:
+        InputError: non-integer, negative or non-finite values, or a dtype that is no number.
+    """  # noqa: E501
+    expected = "expected non-negative integers (0 = background)"
+    data = np.asarray(data)
+    if data.dtype.kind == "b":
+        data = data.view(np.uint8)
+    if data.dtype.kind not in "iuf":
+        raise InputError(path, f"label voxels of type {data.dtype}; {expected}")
+    flat = data.ravel(order="K")
+    counts = np.zeros(0, dtype=np.int64)
+    others: set[int] = set()
+    for start in range(0, flat.size, _CHUNK):
+        block = flat[start : start + _CHUNK]
+        if data.dtype.kind == "f":
+            if not np.all(np.isfinite(block)):
+                raise InputError(path, f"NaN or Inf label values; {expected}")
+            fraction = block != np.round(block)
+            if np.any(fraction):
+                raise InputError(path, f"non-integer label values such as {block[fraction][0]:g}; {expected}")
+        low = block.min()
+        if low < 0:
+            raise InputError(path, f"negative label values such as {low:g}; {expected}")
+        block = block.astype(np.intp)
+        large = block >= 65536  # counted apart, so that bincount stays small
+        if np.any(large):
+            others.update(int(v) for v in np.unique(block[large]))
+            block = block[~large]
+        found = np.bincount(block)
+        if found.size > counts.size:
+            found[: counts.size] += counts
+            counts = found
+        else:
+            counts[: found.size] += found
+    return sorted({int(v) for v in np.flatnonzero(counts)} | others)
+
+
+def _check_pair(pair: Pair) -> tuple[list[int], str | None]:
+    """(label values, modality) of a sound pair; ``InputError`` naming the file at fault otherwise."""
+    image_grid, modality = _image_grid(pair.image)
+    label_grid, data = _read_label(pair.label)
+    check_label_grid(pair.label, label_grid, pair.image, image_grid)
+    return label_values(pair.label, data), modality or pair.modality
+
+
+# ------------------------------------------------------------------------------------------------------------ writing
+
+
+def _relative(path: Path, out: Path) -> str:
+    return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(out))).as_posix()
+
+
+def _label_names(values: list[int], names: Sequence[str] | None, root: Path, rejected: list[Rejection]) -> dict:
+    foreground = [v for v in values if v != 0]
+    if names is None:
+        names = [f"label_{v}" for v in foreground]
+    names = [str(n).strip() for n in names]
+    found = ", ".join(map(str, foreground)) or "none"
+    if len(names) != len(foreground):
+        raise DatalistError(
+            root,
+            f"--labels gives {len(names)} names ({', '.join(names) or 'none'}) but the labels hold "
+            f"{len(foreground)} values besides background 0: {found}; give one name per value, in value order",
+            rejected,
+        )
+    if any(not n for n in names) or len(set(names)) != len(names) or "background" in names:
+        raise DatalistError(root, f"--labels {','.join(names)}: expected distinct, non-empty names other than "
+                            "'background' (0 is always background)", rejected)  # fmt: skip
+    return {"0": "background", **{str(v): n for v, n in zip(foreground, names, strict=True)}}
+
+
+def _check_overwrite(path: Path) -> None:
+    """Refuse to replace a dataset.json that this command did not write (prep_brats's, a Decathlon original)."""
+    if not path.exists():
+        return
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        content = None
+    if not isinstance(content, dict) or content.get("generator") != GENERATOR:
+        raise InputError(path, "exists and was not written by medseg3d datalist; expected no dataset.json there "
+                         "(give --out DIR to write elsewhere, or move it)")  # fmt: skip
+
+
+def build_datalist(
+    root: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    folds: int = 5,
+    seed: int = 0,
+    label_names: Sequence[str] | None = None,
+) -> DatalistResult:
+    """Find, check and list the image/label pairs under ``root`` into ``out/dataset.json`` (atomically).
+
+    Args:
+        root: folder of image/label pairs in either layout (module docstring, ``docs/data.md``).
+        out: folder of the ``dataset.json``; default ``root``. Paths in the file are relative to it.
+        folds: cross-validation folds (>= 1); needs at least as many usable cases.
+        seed: seed of the fold assignment.
+        label_names: names of the non-zero label values found, in value order; default ``label_<value>``.
+
+    Returns:
+        What was written; ``rejected`` lists the pairs left out (the file is written when any pair is usable).
+
+    Raises:
+        DatalistError: no usable pair, fewer cases than folds, or ``label_names`` not one per non-zero value
+            (``rejected`` carries the rejections so far; nothing is written).
+        InputError: ``root`` is not a folder, ``out`` cannot be created or written, or holds a dataset.json this
+            command did not write.
+        ValueError: ``folds`` < 1.
+
+    Example:
+        >>> import tempfile
+        >>> from medseg3d.data.synth_ct import write_ct_cases
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> root = Path(tmp.name)
+        >>> _ = write_ct_cases(root, cases=2, shape=(16, 16, 16))
+        >>> result = build_datalist(root, folds=2, label_names=["aorta"])
+        >>> [(e["image"], e["label"], e["fold"]) for e in result.entries]
+        [('imagesTr/ct_000.nii.gz', 'labelsTr/ct_000.nii.gz', 0), ('imagesTr/ct_001.nii.gz', 'labelsTr/ct_001.nii.gz', 1)]
+        >>> result.labels
+        {'0': 'background', '1': 'aorta'}
+        >>> tmp.cleanup()
+    """  # noqa: E501
+    if folds < 1:
+        raise ValueError(f"folds must be >= 1, got {folds}")
+    root = Path(root)
+    out = Path(out) if out is not None else root
+    path = out / DATASET_JSON
+    pairs, rejected = find_pairs(root)
+    check_output_folder(out)
+    _check_overwrite(path)
+    listed: list[tuple[Pair, str | None]] = []
+    values: set[int] = set()
+    for pair in pairs:
+        try:
+            found, modality = _check_pair(pair)
+        except InputError as exc:
+            rejected.append(Rejection(Path(exc.path) if exc.path else pair.image, exc.problem))
+            continue
+        except (ValueError, RuntimeError, OSError) as exc:  # a reader failing in a way not foreseen: still one case
+            reason = f"cannot check it with its label {pair.label.name} ({type(exc).__name__}: {exc})"
+            rejected.append(Rejection(pair.image, reason))
+            continue
+        values.update(found)
+        listed.append((pair, modality))
+    rejected.sort(key=lambda r: (str(r.path), r.reason))
+    if not listed:
+        how = f"all {len(rejected)} found were rejected" if rejected else "none found"
+        raise DatalistError(root, f"no usable image/label pair ({how}); expected imagesTr/<id>.nii.gz + "
+                            "labelsTr/<id>.nii.gz, or <id>_ct.nii.gz + <id>_seg.nii.gz (docs/data.md)",
+                            rejected)  # fmt: skip
+    if len(listed) < folds:
+        raise DatalistError(root, f"{folds} folds need at least {folds} cases, found {len(listed)} usable; give "
+                            f"--folds {len(listed)} or fewer", rejected)  # fmt: skip
+    labels = _label_names(sorted(values), label_names, root, rejected)
+    warnings = []
+    foreground = [int(v) for v in labels if v != "0"]
+    if not foreground:
+        warnings.append("every label is background only (value 0); nothing to learn")
+    elif foreground != list(range(1, len(foreground) + 1)):
+        warnings.append(
+            f"label values {', '.join(map(str, foreground))} are not consecutive: the network needs "
+            f"{foreground[-1] + 1} output channels (or remap the labels to 1..{len(foreground)})"
+        )
+    split = assign_folds([pair.case_id for pair, _ in listed], folds, seed)
+    entries = [
+        {"image": _relative(pair.image, out), "label": _relative(pair.label, out), "case_id": pair.case_id,
+         "fold": split[pair.case_id]}
+        for pair, _ in listed
+    ]  # fmt: skip
+    modalities = {modality for _, modality in listed}
+    modality = modalities.pop() if len(modalities) == 1 and None not in modalities else "image"
+    content = {
+        "name": root.resolve().name,
+        "description": "Image/label pairs listed by medseg3d datalist (docs/data.md)",
+        "generator": GENERATOR,
+        "tensorImageSize": "3D",
+        "modality": {"0": modality},
+        "labels": labels,
+        "numTraining": len(entries),
+        "folds": folds,
+        "seed": seed,
+        "training": entries,
+        "rejected": [{"path": _relative(r.path, out), "reason": r.reason} for r in rejected],
+    }
+    write_json(content, path)
+    return DatalistResult(path, entries, rejected, labels, folds, warnings)

@@ -1,1 +1,0 @@
-"""Training wiring on MONAI's ignite workflows: checkpoints, datalists, handlers and run records."""

@@ -1,0 +1,1 @@
+"""Training on MONAI's ignite workflows: datasets and sampling, losses and optimizers, validation, handlers."""

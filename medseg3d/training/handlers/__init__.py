@@ -1,0 +1,24 @@
+"""Small ignite handlers, one per file, attached to MONAI's trainer instead of subclassing it."""
+
+from __future__ import annotations
+
+from medseg3d.training.handlers.checkpoints import Checkpoints
+from medseg3d.training.handlers.curves import Curves, plot_curves
+from medseg3d.training.handlers.eval_report import EvalReport
+from medseg3d.training.handlers.graceful_stop import GracefulStop, exit_if_interrupted, ignore_stop_signals
+from medseg3d.training.handlers.load_weights import LoadWeights
+from medseg3d.training.handlers.metrics_csv import MetricsCSV
+from medseg3d.training.handlers.run_record import RunRecord
+
+__all__ = [
+    "Checkpoints",
+    "Curves",
+    "EvalReport",
+    "GracefulStop",
+    "LoadWeights",
+    "MetricsCSV",
+    "RunRecord",
+    "exit_if_interrupted",
+    "ignore_stop_signals",
+    "plot_curves",
+]

@@ -1,0 +1,98 @@
+"""Losses, optimizers and learning-rate schedules chosen by name from a bundle config."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from monai.losses import DiceCELoss, DiceFocalLoss, FocalLoss
+from monai.optimizers import WarmupCosineSchedule
+
+LOSSES = ("dice_ce", "dice_focal", "focal")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("warmup_cosine", "poly", "constant")
+
+
+class Float32Loss(torch.nn.Module):
+    """``loss`` computed in float32, outside autocast, whatever precision the network's output has.
+
+    Under AMP the network returns float16 logits, and MONAI's Dice sums the sigmoid of them over the whole
+    batch (``batch=True``): ``torch.sum`` of a float16 tensor is float16, so beyond 65504 (a batch of two
+    128^3 patches has 4.2 M voxels) the denominator is ``inf``, the Dice term a constant 1 with no gradient,
+    and the network learns from the cross-entropy alone (on a GPU it then predicted nothing). Casting the
+    logits costs one float32 copy of the output.
+    """
+
+    def __init__(self, loss: torch.nn.Module):
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: A002 (MONAI's names)
+        with torch.autocast(device_type=input.device.type, enabled=False):
+            return self.loss(input.float(), target)
+
+
+def make_loss(
+    name: str = "dice_ce",
+    output_mode: str = "regions",
+    class_weights: Sequence[float] | None = None,
+    batch_dice: bool = True,
+):
+    """The training loss.
+
+    Args:
+        name: ``dice_ce`` (Dice + cross-entropy, BCE for regions), ``dice_focal`` or ``focal``.
+        output_mode: ``regions`` (one sigmoid per overlapping region; labels as one-hot regions) or
+            ``labels`` (softmax over labels; labels as one channel of class indices).
+            The loss is computed in float32 also under AMP (``Float32Loss``).
+        class_weights: optional weight per output channel, for rare classes.
+        batch_dice: Dice over all patches of the batch at once (nnU-Net's batch Dice), not per patch. A
+            patch without a region (most background patches) then adds to the denominator instead of
+            scoring 0 whatever the prediction, which keeps small regions (ET) from being pushed to zero.
+    """
+
+    if name not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {name!r}")
+    if output_mode not in ("regions", "labels"):
+        raise ValueError(f"output_mode must be 'regions' or 'labels', got {output_mode!r}")
+    weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+    sigmoid = output_mode == "regions"
+    one_hot = {"to_onehot_y": not sigmoid}
+    if name == "dice_ce":
+        loss = DiceCELoss(sigmoid=sigmoid, softmax=not sigmoid, weight=weight, batch=batch_dice, **one_hot)
+    elif name == "dice_focal":
+        loss = DiceFocalLoss(sigmoid=sigmoid, softmax=not sigmoid, weight=weight, batch=batch_dice, **one_hot)
+    else:
+        loss = FocalLoss(use_softmax=not sigmoid, weight=weight, **one_hot)
+    return Float32Loss(loss)
+
+
+def make_optimizer(
+    params: Iterable[torch.nn.Parameter], name: str = "adamw", lr: float = 1e-3, weight_decay: float = 1e-5
+) -> torch.optim.Optimizer:
+    """AdamW, or SGD with Nesterov momentum 0.99 (nnU-Net's)."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+    if lr <= 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=0.99, nesterov=True, weight_decay=weight_decay)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, name: str, total_steps: int, warmup_steps: int = 0, power: float = 0.9
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """A per-iteration schedule: linear warmup then cosine decay, polynomial decay, or constant."""
+
+    if name not in SCHEDULES:
+        raise ValueError(f"lr schedule must be one of {SCHEDULES}, got {name!r}")
+    if total_steps < 1 or not 0 <= warmup_steps < max(total_steps, 1):
+        raise ValueError(
+            f"need total_steps >= 1 and 0 <= warmup_steps < total_steps, got {total_steps}, {warmup_steps}"
+        )
+    if name == "warmup_cosine":
+        return WarmupCosineSchedule(optimizer, warmup_steps=warmup_steps, t_total=total_steps)
+    if name == "poly":
+        return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total_steps, power=power)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)

@@ -1,0 +1,121 @@
+"""Training order and augmentation randomness that depend on (seed, epoch, case) alone, so a run resumes exactly.
+
+A resumed run must draw the same patches, flips and noise as the run it continues, wherever it
+stopped, with any number of DataLoader workers. Two pieces make that so:
+
+- ``ResumableSampler`` orders each epoch by ``(seed, epoch)`` (as ``DistributedSampler`` does, and
+  sharded by rank under DDP) and hands each case its own augmentation seed drawn from
+  ``(seed, epoch)``: it yields ``(index, sample_seed)`` pairs. ``skip_next(n)`` drops the first ``n``
+  of the next epoch's samples, which is how a run interrupted mid-epoch picks up where it stopped.
+- ``SeededDataset`` wraps a MONAI dataset; given ``(index, sample_seed)`` it seeds the random
+  transforms with ``sample_seed`` and returns ``dataset[index]``, single-threaded as in a DataLoader
+  worker. Which worker process draws a case, what it drew before, and whether there are workers at all
+  (``num_workers=0``) no longer matters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sized
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data.utils import set_rnd
+from torch.utils.data import Dataset, DistributedSampler
+
+from medseg3d.core.ranks import get_rank, is_distributed
+
+
+class ResumableSampler(DistributedSampler):
+    """Yield ``(index, sample_seed)`` for one epoch; the order and the seeds are functions of (seed, epoch).
+
+    MONAI's trainer calls ``set_epoch`` at the start of every epoch for any ``DistributedSampler``. Under
+    ``torch.distributed`` each rank takes its share (``num_replicas`` and ``rank`` default to the process
+    group's); in a single process it is a seeded shuffle of the whole dataset.
+
+    Args:
+        dataset: the dataset to sample (only its length is used).
+        shuffle: draw a new order every epoch; otherwise ``0..N-1``.
+        seed: the run's seed.
+        num_replicas, rank: as ``DistributedSampler``; default to the process group, else 1 and 0.
+        drop_last: as ``DistributedSampler``.
+
+    Example:
+        >>> sampler = ResumableSampler(range(5), seed=0, num_replicas=1, rank=0)
+        >>> sampler.set_epoch(3)
+        >>> first = list(sampler)
+        >>> sampler.skip_next(2)
+        >>> list(sampler) == first[2:]
+        True
+        >>> sorted(index for index, _ in first)
+        [0, 1, 2, 3, 4]
+    """
+
+    def __init__(
+        self,
+        dataset: Sized,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        drop_last: bool = False,
+    ) -> None:
+        if num_replicas is None:
+            num_replicas = torch.distributed.get_world_size() if is_distributed() else 1
+        if rank is None:
+            rank = get_rank()
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        self._skip = 0
+
+    def skip_next(self, count: int) -> None:
+        """Leave out the first ``count`` samples of the next epoch's iteration (once)."""
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
+        self._skip = count
+
+    def sample_seeds(self) -> np.ndarray:
+        """One augmentation seed per dataset index for the current epoch, shape (len(dataset),)."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        return rng.integers(0, 2**31 - 1, size=len(self.dataset), dtype=np.int64)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        indices = list(super().__iter__())[self._skip :]
+        self._skip = 0
+        seeds = self.sample_seeds()
+        return iter([(int(index), int(seeds[index])) for index in indices])
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class SeededDataset(Dataset):
+    """Index ``dataset`` with ``(index, sample_seed)``: the random transforms are seeded first.
+
+    Plain integer indices pass through unchanged (no reseeding), so the wrapper can stand anywhere a
+    dataset does.
+
+    Args:
+        dataset: a MONAI ``Dataset``/``CacheDataset``/``PersistentDataset`` (its ``transform`` is seeded).
+    """
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> Any:
+        if not isinstance(key, tuple):
+            return self.dataset[key]
+        index, seed = key
+        set_rnd(getattr(self.dataset, "transform", self.dataset), int(seed))
+        # DataLoader workers run single-threaded; so does loading in the main process (num_workers=0), because
+        # interpolation and smoothing round differently with more threads. Any num_workers, the same samples.
+        threads = torch.get_num_threads()
+        if threads == 1:
+            return self.dataset[index]
+        torch.set_num_threads(1)
+        try:
+            return self.dataset[index]
+        finally:
+            torch.set_num_threads(threads)

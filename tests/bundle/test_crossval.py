@@ -1,0 +1,106 @@
+"""Cross-validation: fold selection, the best epoch per fold, and the mean +- std summary."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from medseg3d.bundle.crossval import best_row, parse_folds, summarize
+from medseg3d.core.errors import InputError
+
+BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "brats_mri_resunet_3d"
+
+
+@pytest.mark.parametrize(
+    "text, folds",
+    [
+        pytest.param("all", [0, 1, 2, 3], id="all"),
+        pytest.param("ALL ", [0, 1, 2, 3], id="all-case"),
+        pytest.param("3,1", [3, 1], id="list-order-kept"),
+        pytest.param("2", [2], id="single"),
+    ],
+)
+def test_parse_folds(text: str, folds: list[int]) -> None:
+    assert parse_folds(text, [0, 1, 2, 3]) == folds
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        pytest.param("4", r"expected distinct folds among \[0, 1, 2, 3\]", id="unknown"),
+        pytest.param("1,1", "distinct", id="repeated"),
+        pytest.param("one", "expects 'all' or a list", id="not-a-number"),
+        pytest.param("", "expected distinct folds", id="empty"),
+    ],
+)
+def test_parse_folds_errors(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_folds(text, [0, 1, 2, 3])
+
+
+def _metrics(run_dir: Path, rows: list[dict[str, str]]) -> Path:
+    run_dir.mkdir(parents=True)
+    with open(run_dir / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["epoch", "train_loss", "val_mean_dice", "val_dice_WT"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return run_dir
+
+
+def test_summary_takes_each_folds_best_epoch(tmp_path: Path) -> None:
+    a = _metrics(
+        tmp_path / "fold_0",
+        [
+            {"epoch": "1", "train_loss": "1.0", "val_mean_dice": "0.5", "val_dice_WT": "0.6"},
+            {"epoch": "2", "train_loss": "0.9", "val_mean_dice": "", "val_dice_WT": ""},
+            {"epoch": "3", "train_loss": "0.8", "val_mean_dice": "0.7", "val_dice_WT": "0.9"},
+            {"epoch": "4", "train_loss": "0.7", "val_mean_dice": "0.6", "val_dice_WT": "0.95"},
+        ],
+    )
+    b = _metrics(tmp_path / "fold_1", [{"epoch": "1", "train_loss": "1", "val_mean_dice": "0.9", "val_dice_WT": "0.5"}])
+    assert best_row(a / "metrics.csv") == {"epoch": 3, "val_mean_dice": 0.7, "val_dice_WT": 0.9}
+
+    summary = summarize({0: a, 1: b}, tmp_path)
+    assert summary["mean"]["val_mean_dice"] == pytest.approx(0.8)
+    assert summary["std"]["val_mean_dice"] == pytest.approx(statistics.stdev([0.7, 0.9]))
+    assert summary["mean"]["val_dice_WT"] == pytest.approx(0.7)
+    with open(tmp_path / "cv_summary.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["fold", "best_epoch", "val_mean_dice", "val_dice_WT"]
+    assert [row[0] for row in rows[1:]] == ["0", "1", "mean", "std"] and rows[1][1] == "3"
+    assert json.loads((tmp_path / "cv_summary.json").read_text())["folds"]["1"]["epoch"] == 1
+
+
+def test_summary_refuses_a_fold_never_validated(tmp_path: Path) -> None:
+    a = _metrics(tmp_path / "fold_0", [{"epoch": "1", "train_loss": "1.0", "val_mean_dice": "", "val_dice_WT": ""}])
+    with pytest.raises(InputError, match="fold 0 has no validated epoch"):
+        summarize({0: a}, tmp_path)
+
+
+def test_train_all_folds_from_the_command_line(tiny_prepared: Path, tmp_path: Path) -> None:
+    from medseg3d.cli import main
+
+    out = tmp_path / "cv"
+    tiny = ["--max_epochs", "1", "--val_interval", "1", "--roi_size", "[32,32,32]", "--num_workers", "0",
+            "--network_def#channels", "[4,8,16]", "--network_def#strides", "[2,2]"]  # fmt: skip
+    args = ["train", "--bundle", str(BUNDLE), "--folds", "all", "--dataset_dir", str(tiny_prepared)]
+    assert main([*args, "--output_dir", str(out), *tiny]) == 0
+    plan = json.loads((out / "cv.json").read_text())
+    assert plan["folds"] == [0, 1] and plan["overrides"]["max_epochs"] == 1
+    for fold in (0, 1):
+        config = json.loads((out / f"fold_{fold}" / "config.json").read_text())
+        assert config["fold"] == fold and (out / f"fold_{fold}" / "checkpoints" / "best.pt").is_file()
+    with open(out / "cv_summary.csv", newline="") as f:
+        rows = {row["fold"]: row for row in csv.DictReader(f)}
+    assert set(rows) == {"0", "1", "mean", "std"}
+    folds = [float(rows[k]["val_mean_dice"]) for k in ("0", "1")]
+    assert float(rows["mean"]["val_mean_dice"]) == pytest.approx(statistics.fmean(folds), abs=1e-5)
+
+    # Resuming a finished cross-validation trains nothing again and rewrites the same summary.
+    before = (out / "fold_0" / "checkpoints" / "last.pt").stat().st_mtime_ns
+    assert main(["train", "--resume", str(out)]) == 0
+    assert (out / "fold_0" / "checkpoints" / "last.pt").stat().st_mtime_ns == before
