@@ -1,11 +1,10 @@
 """Per-layer choice of PyTorch's CPU convolution kernel, learnt from the first calls (like ``cudnn.benchmark``).
 
 On a CPU PyTorch runs 3D convolutions with oneDNN (``mkldnn``) whenever it can, and oneDNN is much faster for
-most layers of a U-Net. Not for all: on the project's 2-core AVX2 CPU the Res-UNet's last transposed
-convolution (32 -> 2 channels, 32^3 -> 64^3, two windows) takes 12.7 ms in oneDNN and 7.3 ms in PyTorch's own
-kernel (an MKL matrix product and col2vol), a tenth of the whole network's convolution time. Which kernel wins
-depends on the CPU, the layer and the input shape (oneDNN on a channels-last copy of the input wins for some
-others: 6.4 instead of 7.5 ms for 16 -> 16 channels at 32^3), so it is measured rather than guessed.
+most layers of a U-Net. Not for all: a transposed convolution with few output channels (the Res-UNet's last
+one, 32 -> 2) can run faster in PyTorch's own kernel (an MKL matrix product and col2vol), and oneDNN on a
+channels-last copy of the input wins for some other layers. Which kernel wins depends on the CPU, the layer and
+the input shape, so it is measured rather than guessed (``docs/benchmarks.md``, ``bench_infer``).
 
 ``choose(network)`` is a context manager under which each ``Conv3d`` / ``ConvTranspose3d`` of ``network`` runs
 with the kernel ``KernelChoice`` chose for that layer and input shape. The first calls with a new shape are the

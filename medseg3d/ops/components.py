@@ -21,9 +21,8 @@ Two paths label the components, with identical results (the tests force each on 
   volume as 64-bit words), cut into runs along the last (contiguous) axis, and the components are the
   connected components of the small graph of touching runs (``scipy.sparse.csgraph``). The background of a
   hole search is the gaps between those runs, so it is labelled the same way without touching a voxel. The
-  work grows with the number of runs, not with the volume: a 512x512x300 label map with speckles all over
-  costs ~0.2 s per operation where MONAI takes ~5 s; labelling its bounding box (stretched to the whole
-  volume by the speckles) would cost ~1 s per label.
+  work grows with the number of runs, not with the volume, so speckles all over a large map cost little,
+  where labelling their bounding box (stretched to the whole volume by the speckles) would cost a full pass.
 - The dense path, for salt and pepper (what a network with random weights predicts: half of the voxels,
   millions of runs, where the graph of runs costs ~1 us per run). The foreground's bounding box is labelled
   with ``cc3d.connected_components`` into one uint32 volume of the box (the only volume-sized integer array
@@ -34,15 +33,8 @@ Two paths label the components, with identical results (the tests force each on 
 
 The dense path is taken when the foreground has more than ``DENSE_RUNS_PER_VOXEL`` (0.02) runs per voxel of
 its bounding box; a sampled estimate of the runs decides clearly dense masks before the runs are computed
-(``_plan``). Measured on 2 CPU cores, 256x256x150 masks, keep_largest / fill_holes, run path vs dense path:
-0.5% iid voxels (0.005 runs per voxel) 0.024 vs 0.069 s / 0.041 vs 0.043 s; 1% (0.01) 0.042 vs 0.077 s /
-0.062 vs 0.046 s; 3% (0.029) 0.13 vs 0.10 s / 0.15 vs 0.06 s; smoothed noise at 0.12 runs per voxel 0.67 vs
-0.12 s / 0.45 vs 0.11 s. On a 512x512x300 map with label 1 on a random half of the voxels (0.25 runs per
-voxel): ``postprocess_labels`` with ``{1: {keep_largest: 1}}`` 1.9 s and 0.9 GB added to the process (the
-run path took 25.5 s; MONAI's ``KeepLargestConnectedComponent``, scikit-image, 3.7 to 4.8 s and 1.0 GB),
-``fill_holes`` 1.6 s (run path 9.6 s, ``scipy.ndimage.binary_fill_holes`` 4.7 s); cc3d itself is ~1.1 s of
-each. The sparse label map of ``benchmarks/bench_postprocess.py`` (0.1 to 0.2 s per operation) stays on the
-run path.
+(``_plan``). The threshold and the two paths' costs are measured by ``benchmarks/bench_postprocess.py``
+(figures in ``docs/benchmarks.md``).
 
 Ties: MONAI numbers the components in raster (C) order of their first voxel, puts their sizes in that order
 after a 0 for the background and keeps ``np.argsort(counts)[::-1][:k]``. Both paths give the same numbering,
@@ -157,8 +149,8 @@ def _positive_int(value: Any, what: str) -> int:
 def flat_foreground(array: np.ndarray) -> np.ndarray:
     """Sorted C-order flat indices of the non-zero voxels of ``array``.
 
-    ``np.flatnonzero`` tests byte by byte; testing 8 bytes at a time first is ~5x faster on sparse label
-    maps, which are mostly zero words.
+    ``np.flatnonzero`` tests byte by byte; testing 8 bytes at a time first skips the zero words that make up
+    most of a sparse label map.
 
     Args:
         array: any shape and numeric dtype.

@@ -24,8 +24,8 @@ copy-on-write. Each cached volume is one large tensor storage in its own pages; 
 those pages (it ``deepcopy``s the case it is about to augment, a private copy of one case at a time),
 and reference counting writes only to the small Python objects around them. The cache pages therefore
 stay shared: each worker's RSS counts them, but they exist once (the sum of PSS over the process and
-its workers counts them once). ``benchmarks/bench_train.py`` measures both, and finds 99.98% of the
-cached pages on the same physical pages in every worker as in the parent. Two limits: under the ``spawn``
+its workers counts them once). ``benchmarks/bench_train.py`` measures both, and how many of the cached
+pages sit on the same physical pages in every worker as in the parent. Two limits: under the ``spawn``
 or ``forkserver`` start methods the dataset is pickled to every worker, and under DDP every rank is a
 separate process with its own cache, so the budget applies per process. Once the cache is filled, the
 C heap's free pages are handed back (``release_free_heap``), so that the process grows by what the cache
@@ -184,8 +184,7 @@ def release_free_heap() -> bool:
 
     Loading a case leaves freed decompression and conversion buffers between the cached volumes; glibc
     keeps them resident. Trimming after the cache is filled makes the process grow by what the cache
-    holds, not more (``bench_train.py``: 32 cached cases, 960 MiB estimated, grew the process by
-    1082 MiB untrimmed, 967 MiB trimmed), and forked workers inherit no resident garbage.
+    holds, not more (``bench_train.py`` measures it), and forked workers inherit no resident garbage.
     """
 
     try:
