@@ -175,10 +175,10 @@ def trained_checkpoint(work: Path, overrides: dict[str, Any], epochs: int = 50) 
     """Weights that segment the phantoms: the bundle trained briefly (as ``medseg3d demo`` does, about 2 minutes
     on 2 cores), so that the agreement between the two paths is measured on a model with real structure in its
     output (random weights give logits near 0 everywhere, where any rounding flips a voxel)."""
-    from medseg3d.preparation.brats import PrepOptions, prep_brats
     from medseg3d.bundle.workflow import run_bundle
     from medseg3d.data.synth_brats import write_brats_tree
     from medseg3d.demo import FAST_SYNTHETIC
+    from medseg3d.preparation.brats import PrepOptions, prep_brats
 
     write_brats_tree(work / "train_raw", cases=8, edition="2021", shape=(96, 96, 64), seed=11)
     prep_brats(work / "train_raw", work / "train_prepared", PrepOptions(folds=4, workers=2))

@@ -355,8 +355,8 @@ def main() -> None:
     overrides = parse_overrides(extra)
     repeats, workers = (2, [0, 2]) if args.quick else (args.repeats, args.workers)
 
-    from medseg3d.preparation.brats import PrepOptions, prep_brats
     from medseg3d.data.synth_brats import write_brats_tree
+    from medseg3d.preparation.brats import PrepOptions, prep_brats
 
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
     try:

@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns 0 when every case converted, 1 when any was rejected."""
     args = build_parser().parse_args(argv)
-    # Imported once the arguments parse: the converter loads torch and MONAI (about 5 s), `--help` takes 0.2 s.
-    from medseg3d.preparation.brats import PrepOptions, prep_brats, summarize
+    # lazy: the converter loads torch and MONAI (6 s; `--help` takes 0.06 s)
+    from medseg3d.preparation.brats import PrepOptions, format_report, prep_brats
 
     logging.basicConfig(
         level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", handlers=[ConsoleHandler("stderr")]
@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # the output cannot be written (disk full, permissions changed mid-run)
         print(f"prep_brats: error: cannot write the prepared dataset in {args.out}: {exc}", file=sys.stderr)
         return 2
-    print(summarize(result))
+    print(format_report(result))
     print(f"wrote {args.out / 'dataset.json'} and {args.out / 'prep_report.csv'}")
     return 1 if result.rejected else 0
 

@@ -11,7 +11,7 @@ from medseg3d.bundle.infer import infer_folder
 from medseg3d.bundle.workflow import run_bundle
 from medseg3d.data.synth_brats import write_brats_tree
 from medseg3d.evaluation import run_evaluation
-from medseg3d.preparation.brats import PrepOptions, prep_brats, summarize
+from medseg3d.preparation.brats import PrepOptions, format_report, prep_brats
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "brats_mri_resunet_3d"
 # The quick optimization for synthetic data (measured in docs/benchmarks.md, learning check).
@@ -41,7 +41,7 @@ def run_demo(
     write_brats_tree(raw, cases=cases, edition="2021", shape=shape, seed=seed, validation_cases=2)
     print(f"[2/5] prep_brats {raw} {prepared}")
     result = prep_brats(raw, prepared, PrepOptions(folds=min(5, cases), seed=seed, workers=2))
-    print(summarize(result))
+    print(format_report(result))
     with open(prepared / "prep_report.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     print(f"{'case':<18} {'status':<8} {'split':<6} {'shape':<12} {'NCR':>7} {'ED':>7} {'ET':>7}")

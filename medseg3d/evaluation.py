@@ -21,14 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
 from tqdm import tqdm
 
-from medseg3d.core.constants import REGIONS
+from medseg3d.core.constants import IMAGE_EXTENSIONS, REGIONS
 from medseg3d.core.errors import InputError, check_output_folder
 from medseg3d.core.io import write_json, write_text
 from medseg3d.data.brats import find_cases
-from medseg3d.data.volumes import read_label
+from medseg3d.data.reader import Grid, check_same_grid, read_label
 from medseg3d.metrics import (
     BRATS_CONVENTIONS,
     HD95_EMPTY_MM,
@@ -39,11 +38,11 @@ from medseg3d.metrics import (
     brats_case_metrics,
     labels_case_metrics,
     spacing_from_affine,
+    summary_statistics,
 )
 
 TASKS: tuple[str, ...] = ("brats", "labels")
 CONVENTIONS: tuple[str, ...] = ("auto", *BRATS_CONVENTIONS)
-LABEL_MAP_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 REPORT_NAME = "report.csv"
 SUMMARY_NAME = "summary.json"
 ID_COLUMNS: tuple[str, ...] = ("case_id", "pred", "gt", "status", "error")
@@ -56,11 +55,6 @@ COUNT_METRICS = frozenset({"lesion_tp", "lesion_fn", "lesion_fp", "gt_components
 # Statuses that make the command fail (exit code 1); a prediction without ground truth is only reported.
 FAILING_STATUSES = frozenset({"failed", "missing_pred"})
 
-# Geometry tolerances: headers written by different tools differ by float round-off, never by a real shift.
-SPACING_RTOL = 1e-4
-DIRECTION_ATOL = 1e-4
-ORIGIN_ATOL_MM = 1e-3
-
 _SEG_SUFFIX = re.compile(r"[_-]seg$", re.IGNORECASE)
 
 
@@ -71,7 +65,7 @@ def split_extension(name: str) -> tuple[str, str] | None:
     (('BraTS-GLI-00001-000-seg', '.nii.gz'), None)
     """
     lower = name.lower()
-    for extension in LABEL_MAP_EXTENSIONS:
+    for extension in IMAGE_EXTENSIONS:
         if lower.endswith(extension) and len(name) > len(extension):
             return name[: -len(extension)], name[-len(extension) :]
     return None
@@ -143,7 +137,7 @@ def pair_cases(pred: str | os.PathLike, gt: str | os.PathLike) -> list[CasePair]
             pred if pred.is_file() else gt, "is a file but the other path is a folder; give two folders or two files"
         )
     pred_maps, gt_maps = find_label_maps(pred), find_label_maps(gt, raw_brats_tree=True)
-    expected = ", ".join(LABEL_MAP_EXTENSIONS)
+    expected = ", ".join(IMAGE_EXTENSIONS)
     for folder, maps in ((pred, pred_maps), (gt, gt_maps)):
         if not maps:
             raise InputError(folder, f"holds no label map; expected files ending in {expected}")
@@ -179,23 +173,8 @@ def _some(maps: dict[str, list[Path]], limit: int = 3) -> str:
     return ", ".join(ids[:limit]) + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
-def _read_sitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise InputError(path, f"cannot read as an image ({reason})") from None
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(path, f"expected a 3D single-component label map, got a {image.GetDimension()}D image")
-    data = sitk.GetArrayFromImage(image).transpose(2, 1, 0)  # ITK arrays are (z, y, x)
-    affine = np.eye(4)
-    affine[:3, :3] = np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing())
-    affine[:3, 3] = image.GetOrigin()
-    return data, np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # ITK's LPS to the RAS of NIfTI affines
-
-
 def read_label_map(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Read a label map (NIfTI with nibabel, NRRD/MHA/MHD with SimpleITK) as non-negative integers.
+    """Read a label map (``medseg3d.data.reader``: NIfTI, NRRD, MHA/MHD) as non-negative integers.
 
     Returns:
         (labels, affine): labels of shape (X, Y, Z) in an integer dtype, affine the 4x4 voxel-to-RAS matrix.
@@ -203,12 +182,9 @@ def read_label_map(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     Raises:
         InputError: unreadable or not 3D, NaN/Inf, non-integer or negative values (an image, not a label map).
     """
-
     path = Path(path)
-    if split_extension(path.name) and split_extension(path.name)[1].lower() in (".nii.gz", ".nii"):
-        data, affine = read_label(path)
-    else:
-        data, affine = _read_sitk(path)
+    label = read_label(path)
+    data, affine = label.array[0], label.affine
     if data.dtype.kind == "f":
         if not np.all(np.isfinite(data)):
             raise InputError(path, "holds NaN or Inf voxels; expected a label map of integer values")
@@ -237,33 +213,18 @@ def check_same_geometry(
 ) -> None:
     """Raise ``InputError`` naming both files unless the prediction lies on the ground truth's voxel grid.
 
-    The shapes must be equal; spacings within a relative ``SPACING_RTOL``, direction cosines within
-    ``DIRECTION_ATOL`` and origins within ``ORIGIN_ATOL_MM`` mm.
+    The one grid check of ``medseg3d.data.reader.check_same_grid``: equal shapes, every voxel centre within the
+    reader's ``position_tolerance`` (1 % of the smallest voxel, at least 0.01 mm).
     """
-    pred_spacing, gt_spacing = np.array(spacing_from_affine(pred_affine)), np.array(spacing_from_affine(gt_affine))
-    problems = []
-    if tuple(pred_shape) != tuple(gt_shape):
-        problems.append("shapes differ")
-    if np.any(np.abs(pred_spacing - gt_spacing) > SPACING_RTOL * np.maximum(pred_spacing, gt_spacing)):
-        problems.append("spacings differ")
-    pred_directions = np.asarray(pred_affine)[:3, :3] / np.where(pred_spacing > 0, pred_spacing, 1)
-    gt_directions = np.asarray(gt_affine)[:3, :3] / np.where(gt_spacing > 0, gt_spacing, 1)
-    if np.max(np.abs(pred_directions - gt_directions)) > DIRECTION_ATOL:
-        problems.append("orientations differ")
-    origin_shift = float(np.max(np.abs(np.asarray(pred_affine)[:3, 3] - np.asarray(gt_affine)[:3, 3])))
-    if origin_shift > ORIGIN_ATOL_MM:
-        problems.append(f"origins differ by {origin_shift:.4g} mm")
-    if problems:
-
-        def grid(shape: Sequence[int], spacing: np.ndarray) -> str:
-            return f"shape {tuple(int(s) for s in shape)} spacing ({', '.join(f'{s:.4g}' for s in spacing)}) mm"
-
-        raise InputError(
-            pred_path,
-            f"not on the voxel grid of the ground truth {gt_path} ({'; '.join(problems)}): prediction "
-            f"{grid(pred_shape, pred_spacing)}, ground truth {grid(gt_shape, gt_spacing)}; expected the "
-            "prediction in the ground truth's geometry (evaluate never resamples)",
-        )
+    check_same_grid(
+        pred_path,
+        Grid(tuple(int(n) for n in pred_shape), np.asarray(pred_affine, dtype=np.float64)),
+        gt_path,
+        Grid(tuple(int(n) for n in gt_shape), np.asarray(gt_affine, dtype=np.float64)),
+        relation="not on the voxel grid of the ground truth",
+        expected="expected the prediction in the ground truth's geometry (evaluate never resamples)",
+        reference_name=os.fspath(gt_path),
+    )
 
 
 def evaluate_case(
@@ -329,24 +290,14 @@ class EvaluationResult:
         return 1 if self.failures else 0
 
 
-def _statistics(values: list[float], count: bool) -> dict[str, float | int | None]:
-    finite = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
-    if not finite.size:
-        stats: dict[str, float | int | None] = {"mean": None, "std": None, "median": None, "n": 0}
-    else:  # std with ddof 0, as the training report's summary.json
-        stats = {"mean": float(finite.mean()), "std": float(finite.std()), "median": float(np.median(finite))}
-        stats["n"] = int(finite.size)
-    if count:
-        stats["total"] = int(finite.sum()) if finite.size else 0
-    return stats
-
-
-def summarize(rows: list[dict[str, Any]], names: Sequence[str], task: str) -> dict[str, dict[str, dict]]:
+def statistics_per_metric(rows: list[dict[str, Any]], names: Sequence[str], task: str) -> dict[str, dict[str, dict]]:
     """Per name and metric: mean, std (ddof 0), median and n over the ok rows (``total`` too for counts)."""
     ok = [row for row in rows if row["status"] == "ok"]
     return {
         name: {
-            metric: _statistics([row.get(f"{name}_{metric}") for row in ok], metric in COUNT_METRICS)
+            metric: summary_statistics(
+                [row.get(f"{name}_{metric}") for row in ok], median=True, total=metric in COUNT_METRICS
+            )
             for metric in TASK_METRICS[task]
         }
         for name in names
@@ -483,7 +434,7 @@ def evaluate_folders(
             "hd95": "max of the two directed 95th percentiles of edge-voxel distances in mm (MONAI)",
         },
         "names": names,
-        "metrics": summarize(rows, names, task),
+        "metrics": statistics_per_metric(rows, names, task),
         "failed": {row["case_id"]: row["error"] for row in rows if row["status"] != "ok"},
     }
     if task == "brats":

@@ -17,7 +17,7 @@ Lesion-wise scores follow the BraTS 2023 challenge code (github.com/rachitsaluja
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import cc3d
@@ -27,6 +27,7 @@ from monai.metrics import compute_hausdorff_distance
 from scipy import ndimage
 
 from medseg3d.core.constants import EDITIONS, REGIONS
+from medseg3d.data.reader import label_values
 from medseg3d.ops.boxes import bounding_box
 
 # BraTS convention for HD95 when exactly one of prediction and ground truth is empty (CaPTk / BraTS 2018-2021).
@@ -393,16 +394,6 @@ def brats_region_masks(labels: np.ndarray, convention: str) -> dict[str, np.ndar
     return masks
 
 
-def label_values(labels: np.ndarray) -> list[int]:
-    """Label values present in ``labels``, 0 first (always listed).
-
-    >>> label_values(np.array([[0, 4], [2, 4]]))
-    [0, 2, 4]
-    """
-    # Foreground is a small part of a scan: unique over it is far faster than over the whole volume.
-    return [0, *(int(v) for v in np.unique(labels[labels != 0]))]
-
-
 def brats_case_metrics(
     pred: np.ndarray,
     gt: np.ndarray,
@@ -425,7 +416,8 @@ def brats_case_metrics(
     Raises:
         ValueError: labels outside the convention, or the two conventions mixed.
     """
-    gt_values, pred_values = label_values(gt), label_values(pred)
+    # The values present, background 0 always listed (medseg3d.data.reader.label_values: the one scan of labels).
+    gt_values, pred_values = sorted({0, *label_values(gt)}), sorted({0, *label_values(pred)})
     detected = brats_convention(gt_values, pred_values)
     if convention != "auto":
         for name, values in (("ground truth", gt_values), ("prediction", pred_values)):
@@ -475,3 +467,43 @@ def absent_label_metrics() -> dict[str, float | int]:
     """``labels_case_metrics`` of a label absent from both maps of a case (the both-empty conventions)."""
     both_empty = {"dice": 1.0, "hd95": 0.0, "sensitivity": 1.0, "specificity": 1.0, "gt_ml": 0.0, "pred_ml": 0.0}
     return {**both_empty, "gt_components": 0, "hits": 0, "misses": 0, "fp_components": 0}
+
+
+def summary_statistics(
+    values: Iterable[float | None], ddof: int = 0, median: bool = False, total: bool = False
+) -> dict[str, float | int | None]:
+    """Mean, standard deviation and count of the finite values: the summary of every report (``summary.json`` of
+    ``medseg3d evaluate`` and of the evaluate overlay, ``cv_summary.csv``/``.json`` of a cross-validation).
+
+    Args:
+        values: numbers; None, NaN and infinities (an undefined score) are left out.
+        ddof: delta degrees of freedom of the standard deviation: 0 for the population's (a report over cases), 1
+            for the sample's (folds of a cross-validation).
+        median: add ``median``.
+        total: add ``total``, the sum as an integer (counts: lesions, components).
+
+    Returns:
+        ``mean``, ``std``, (``median``), ``n``, (``total``) in this order; the statistics are None without a finite
+        value (``total`` 0), and ``std`` is None when ``n <= ddof``.
+
+    >>> summary_statistics([0.5, 1.0, float("nan"), None])
+    {'mean': 0.75, 'std': 0.25, 'n': 2}
+    >>> summary_statistics([1.0, 2.0, 6.0], ddof=1, median=True, total=True)
+    {'mean': 3.0, 'std': 2.6457513110645907, 'median': 2.0, 'n': 3, 'total': 9}
+    >>> summary_statistics([0.5], ddof=1)
+    {'mean': 0.5, 'std': None, 'n': 1}
+    """
+    if ddof < 0:
+        raise ValueError(f"ddof must be >= 0, got {ddof}")
+    finite = np.array([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
+    empty = not finite.size
+    stats: dict[str, float | int | None] = {
+        "mean": None if empty else float(finite.mean()),
+        "std": None if finite.size <= ddof else float(finite.std(ddof=ddof)),
+    }
+    if median:
+        stats["median"] = None if empty else float(np.median(finite))
+    stats["n"] = int(finite.size)
+    if total:
+        stats["total"] = int(finite.sum()) if not empty else 0
+    return stats

@@ -54,10 +54,43 @@ def real_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_prepared(tmp_path_factory) -> Path:
     """A prepared dataset of 4 synthetic BraTS 2021 cases of 48x40x32 in 2 folds (shared by the session)."""
-    from medseg3d.preparation.brats import PrepOptions, prep_brats
     from medseg3d.data.synth_brats import write_brats_tree
+    from medseg3d.preparation.brats import PrepOptions, prep_brats
 
     root = tmp_path_factory.mktemp("tiny_brats")
     write_brats_tree(root / "raw", cases=4, edition="2021", shape=(48, 40, 32), seed=0)
     prep_brats(root / "raw", root / "prepared", PrepOptions(folds=2))
     return root / "prepared"
+
+
+@pytest.fixture(scope="session")
+def tiny_ct_dataset(tmp_path_factory) -> Path:
+    """A ``medseg3d datalist`` dataset of 4 synthetic CT phantoms of 64x56x40 (NIfTI) with aorta labels, 2 folds."""
+    from medseg3d.data.pairs import build_datalist
+    from medseg3d.data.synth_ct import write_ct_cases
+
+    root = tmp_path_factory.mktemp("tiny_ct") / "data"
+    write_ct_cases(root, cases=4, shape=(64, 56, 40), seed=1)
+    build_datalist(root, folds=2, label_names=["aorta"])
+    return root
+
+
+# Each bundle on its tiny data: the dataset fixture, and a 3-level network of 4-8-16 channels on 32-voxel patches.
+NETWORK = {"network_def#channels": [4, 8, 16], "network_def#strides": [2, 2]}
+TINY_BUNDLES = {
+    "brats_mri_resunet_3d": ("tiny_prepared", {"roi_size": [32, 32, 32], **NETWORK}),
+    "brats_mri_slicestack_2p5d": ("tiny_prepared", {"roi_size": [32, 32], "num_samples": 2, **NETWORK}),
+    "ct_aorta_resunet_3d": ("tiny_ct_dataset", {"roi_size": [32, 32, 32], **NETWORK}),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(request):
+    """``tiny_bundle(name)`` -> (bundle folder, its tiny dataset, overrides for a tiny network and patch), for the
+    tests that run over every bundle; the dataset is made on first use."""
+
+    def get(name: str) -> tuple[Path, Path, dict]:
+        fixture, overrides = TINY_BUNDLES[name]
+        return REPO / "bundles" / name, request.getfixturevalue(fixture), dict(overrides)
+
+    return get

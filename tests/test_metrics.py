@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import numpy as np
 import pytest
@@ -26,6 +27,7 @@ from medseg3d.metrics import (
     overlap_metrics,
     sensitivity_specificity,
     spacing_from_affine,
+    summary_statistics,
 )
 
 SPACING = (2.0, 1.0, 3.0)  # anisotropic on purpose: a swapped axis changes every distance below
@@ -374,3 +376,38 @@ def test_labels_case_metrics_equal_whole_volume_metrics() -> None:
         assert {k: row[f"{value}_{k}"] for k in expected} == pytest.approx(expected)
     assert (row["7_gt_components"], row["7_misses"], row["9_fp_components"], row["9_dice"]) == (1, 1, 1, 0.0)
     assert set(absent_label_metrics()) == {key.split("_", 1)[1] for key in row if key.startswith("7_")}
+
+
+@pytest.mark.parametrize(
+    "values, kwargs, expected",
+    [
+        pytest.param([0.5, 1.0], {}, {"mean": 0.75, "std": 0.25, "n": 2}, id="population-std"),
+        pytest.param([0.5, 1.0], {"ddof": 1}, {"mean": 0.75, "std": math.sqrt(0.125), "n": 2}, id="sample-std"),
+        pytest.param(
+            [0.2, None, math.nan, 0.9, -math.inf, 0.4], {"median": True},
+            {"mean": 0.5, "std": float(np.std([0.2, 0.9, 0.4])), "median": 0.4, "n": 3}, id="undefined-left-out",
+        ),
+        pytest.param([3, 0, 2], {"total": True}, {"mean": 5 / 3, "std": float(np.std([3, 0, 2])), "n": 3, "total": 5},
+                     id="counts-total"),
+        pytest.param([0.7], {"ddof": 1}, {"mean": 0.7, "std": None, "n": 1}, id="one-value-no-sample-std"),
+        pytest.param([0.7], {}, {"mean": 0.7, "std": 0.0, "n": 1}, id="one-value-population-std"),
+        pytest.param([math.nan, None], {"median": True, "total": True},
+                     {"mean": None, "std": None, "median": None, "n": 0, "total": 0}, id="nothing-finite"),
+    ],
+)  # fmt: skip
+def test_summary_statistics(values: list, kwargs: dict, expected: dict) -> None:
+    stats = summary_statistics(values, **kwargs)
+    assert list(stats) == list(expected), "key order is the order of the summary.json files"
+    assert stats == pytest.approx(expected)
+
+
+def test_summary_statistics_matches_the_standard_library() -> None:
+    values = list(np.random.default_rng(3).random(9))
+    assert summary_statistics(values, ddof=1)["std"] == pytest.approx(statistics.stdev(values), rel=1e-12)
+    assert summary_statistics(values)["std"] == pytest.approx(statistics.pstdev(values), rel=1e-12)
+    assert summary_statistics(values, median=True)["median"] == statistics.median(values)
+
+
+def test_summary_statistics_rejects_negative_ddof() -> None:
+    with pytest.raises(ValueError, match="ddof must be >= 0, got -1"):
+        summary_statistics([1.0], ddof=-1)

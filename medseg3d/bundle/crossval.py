@@ -13,8 +13,8 @@ import csv
 import io
 import json
 import logging
+import math
 import os
-import statistics
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,6 +25,7 @@ from medseg3d.core.checkpoint_format import load_checkpoint, training_complete
 from medseg3d.core.errors import InputError
 from medseg3d.core.io import config_path, write_json, write_text
 from medseg3d.data.dataset_json import read_dataset_json
+from medseg3d.metrics import summary_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -60,12 +61,12 @@ def best_row(metrics_csv: str | os.PathLike, key: str = "val_mean_dice") -> dict
     return {"epoch": int(row["epoch"]), **{k: float(v) for k, v in row.items() if k.startswith("val_") and v}}
 
 
-def summarize(fold_dirs: Mapping[int, str | os.PathLike], out: str | os.PathLike) -> dict[str, Any]:
+def write_cv_summary(fold_dirs: Mapping[int, str | os.PathLike], out: str | os.PathLike) -> dict[str, Any]:
     """Write ``cv_summary.csv`` and ``cv_summary.json`` in ``out`` from each fold's best validation row.
 
     Returns:
-        ``{"folds": {fold: row}, "mean": {metric: value}, "std": {metric: value}}``; std is the sample
-        standard deviation (0 for a single fold).
+        ``{"folds": {fold: row}, "mean": {metric: value}, "std": {metric: value}}`` over the folds where the metric
+        is finite; std is the sample standard deviation (ddof 1; 0 for a single fold), NaN with no finite value.
     """
     rows: dict[int, dict[str, Any]] = {}
     for fold, run_dir in fold_dirs.items():
@@ -75,8 +76,9 @@ def summarize(fold_dirs: Mapping[int, str | os.PathLike], out: str | os.PathLike
             raise InputError(metrics, f"fold {fold} has no validated epoch to summarise")
         rows[fold] = row
     names = [name for name in next(iter(rows.values())) if name.startswith("val_")]
-    mean = {name: statistics.fmean(row[name] for row in rows.values()) for name in names}
-    std = {name: statistics.stdev(row[name] for row in rows.values()) if len(rows) > 1 else 0.0 for name in names}
+    stats = {name: summary_statistics([row[name] for row in rows.values()], ddof=1) for name in names}
+    mean = {name: math.nan if s["mean"] is None else s["mean"] for name, s in stats.items()}
+    std = {name: s["std"] if s["std"] is not None else 0.0 if s["n"] else math.nan for name, s in stats.items()}
     summary = {"folds": {str(fold): row for fold, row in rows.items()}, "mean": mean, "std": std}
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -135,7 +137,7 @@ def train_folds(
             logger.info("fold %d: training into %s", fold, run_dir)
             fold_overrides = {**overrides, "fold": fold, "output_dir": config_path(run_dir)}
             run_workflow(make_workflow(bundle_dir, "train", fold_overrides))
-    summary = summarize(fold_dirs, out)
+    summary = write_cv_summary(fold_dirs, out)
     mean, std = summary["mean"], summary["std"]
     print(f"cross-validation over folds {folds}: {out / 'cv_summary.csv'}")
     for name in mean:

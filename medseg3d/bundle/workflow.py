@@ -8,14 +8,18 @@ wrong type is an error naming the key, before any data is read.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from monai.bundle import ConfigWorkflow
 
-from medseg3d.core.errors import InputError
+from medseg3d.core.errors import InputError, in_chain, input_error_in
 from medseg3d.core.io import config_path
 from medseg3d.core.logs import follow_console
 
@@ -26,84 +30,194 @@ WORKFLOWS = {
     "inference": (("common.yaml", "inference.yaml"), "infer"),
 }
 _EXPRESSION_PREFIXES = ("$", "@", "%")
-# Ranges of the numeric settings the bundles share (checked on overrides, before anything runs): a value out of
-# range would otherwise fail deep inside MONAI's config machinery, or worse, train without complaint.
-_POSITIVE = frozenset({"learning_rate", "max_epochs", "val_interval", "batch_size", "num_samples",
-                       "accumulation_steps", "sw_batch_size"})  # fmt: skip
-_NON_NEGATIVE = frozenset({"num_workers", "weight_decay", "warmup_epochs", "cache_memory_gb"})
-_POSITIVE_ENTRIES = frozenset({"roi_size", "target_spacing"})
+# Each bundle declares the schema of its settings beside its configs (types, ranges, null allowed, choices);
+# ``check_overrides`` reads it, so a new setting is declared in the bundle alone.
+SCHEMA_FILE = "overrides.yaml"
+SCHEMA_FIELDS = frozenset({"type", "range", "entries", "nullable", "choices"})
+_TYPES = {
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "bool": lambda v: isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "list": lambda v: isinstance(v, list | tuple),
+}
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A range of numbers in interval notation: ``"(0, inf)"``, ``"[0, 1]"``, ``"[0, 1)"``.
+
+    >>> Interval.parse("[0, 1)").contains(1), Interval.parse("(0, inf)").describe()
+    (False, 'a positive number')
+    """
+
+    low: float
+    high: float
+    low_closed: bool
+    high_closed: bool
+    text: str
+
+    @classmethod
+    def parse(cls, text: str) -> Interval:
+        """The interval ``text`` denotes; ``ValueError`` when it is not one."""
+        match = re.fullmatch(r"\s*([\[(])\s*(-?inf|[-+0-9.e]+)\s*,\s*(-?inf|[-+0-9.e]+)\s*([\])])\s*", str(text))
+        if not match:
+            raise ValueError(f"expected an interval such as '(0, inf)' or '[0, 1]', got {text!r}")
+        low, high = float(match[2]), float(match[3])
+        if not low <= high:
+            raise ValueError(f"interval {text!r} is empty")
+        return cls(low, high, match[1] == "[", match[4] == "]", f"{match[1]}{match[2]}, {match[3]}{match[4]}")
+
+    def contains(self, value: float) -> bool:
+        above = value >= self.low if self.low_closed else value > self.low
+        below = value <= self.high if self.high_closed else value < self.high
+        return above and below
+
+    def describe(self) -> str:
+        if self.high == math.inf and self.low == 0:
+            return "a positive number" if not self.low_closed else "a number >= 0"
+        if self.high == math.inf:
+            return f"a number {'>=' if self.low_closed else '>'} {self.low:g}"
+        return f"a number in {self.text}"
+
+
+def load_schema(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """A bundle's override schema (``configs/overrides.yaml``): setting id -> ``type`` (int, number, bool, str or
+    list), ``range`` (an interval of numbers), ``entries`` (the interval of a list's numbers), ``nullable`` (null
+    accepted: the setting is off) and ``choices`` (the values allowed). An absent file is an empty schema.
+
+    Raises:
+        InputError: naming the file: unreadable, or an entry with an unknown field, type or interval.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        content = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise InputError(path, f"cannot read the override schema ({exc})") from None
+    if not isinstance(content, dict):
+        raise InputError(path, "expected a mapping of setting ids to their schema")
+    schema = {}
+    for key, entry in content.items():
+        problem = _schema_problem(entry)
+        if problem:
+            raise InputError(path, f"{key}: {problem}")
+        schema[str(key)] = {
+            **entry,
+            **{field: Interval.parse(entry[field]) for field in ("range", "entries") if field in entry},
+        }
+    return schema
+
+
+def _schema_problem(entry: Any) -> str:
+    """What is wrong with one entry of a schema file, or ""."""
+    if not isinstance(entry, dict):
+        return f"expected a mapping with fields among {', '.join(sorted(SCHEMA_FIELDS))}, got {entry!r}"
+    unknown = sorted(set(entry) - SCHEMA_FIELDS)
+    if unknown:
+        return f"unknown field(s) {', '.join(unknown)}; expected among {', '.join(sorted(SCHEMA_FIELDS))}"
+    if "type" in entry and entry["type"] not in _TYPES:
+        return f"type must be one of {', '.join(_TYPES)}, got {entry['type']!r}"
+    if "choices" in entry and not isinstance(entry["choices"], list):
+        return f"choices must be a list, got {entry['choices']!r}"
+    for field in ("range", "entries"):
+        if field in entry:
+            try:
+                Interval.parse(entry[field])
+            except ValueError as exc:
+                return f"{field}: {exc}"
+    return ""
+
+
+def bundle_schema(bundle_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """The override schema of the bundle in ``bundle_dir`` (``configs/overrides.yaml``)."""
+    return load_schema(Path(bundle_dir) / "configs" / SCHEMA_FILE)
 
 
 def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
-# settings whose None means "off" in the component that takes them (an int or a number otherwise)
-OPTIONAL_SETTINGS = frozenset({"chunk_voxels", "inverse_slab"})
+def _schema_for(schema: Mapping[str, Mapping[str, Any]], key: str) -> Mapping[str, Any]:
+    """The schema entry of ``key``: its own, else that of its last ``#`` part (``inferer#sw_batch_size``)."""
+    return schema.get(key) or schema.get(key.rsplit("#", 1)[-1]) or {}
 
 
-def check_overrides(parser: Any, overrides: Mapping[str, Any]) -> None:
-    """Raise ``ValueError`` for an override whose key the config lacks or whose value has the wrong type.
+def check_overrides(
+    parser: Any, overrides: Mapping[str, Any], schema: Mapping[str, Mapping[str, Any]] | None = None
+) -> None:
+    """Raise ``ValueError`` for an override whose key the config lacks or whose value does not fit.
 
-    A key whose current value is an expression (``$...``, ``@...``) is checked against what it resolves
-    to when that is plain data (``roi_size`` chosen by device is still a list), and accepts any value
-    otherwise (a device, a network); null accepts any value, and the settings of ``OPTIONAL_SETTINGS`` accept
-    None (``--chunk_voxels None``: never in chunks). An int accepts a float where the config holds a float,
-    and a list must stay a list. The settings every bundle shares are range-checked too
-    (``learning_rate``, ``max_epochs``, ... positive; ``prob_*`` in [0, 1]; ``roi_size`` entries positive).
+    The bundle's ``schema`` (``load_schema``) gives a setting's type, range, choices and whether null turns it
+    off (``--chunk_voxels None``). Without a declared type, a value must have the type of the setting's
+    current value: a key whose current value is an expression (``$...``, ``@...``) is checked against what it
+    resolves to when that is plain data (``roi_size`` chosen by device is still a list), and accepts any value
+    otherwise (a device, a network); null accepts any value. An int accepts a float where the config holds a
+    float, and a list must stay a list. Expression values (``$...``) are not checked.
     """
+    schema = schema or {}
     problems = []
     for key, value in overrides.items():
         if key not in parser:
             top = sorted(k for k in parser.get() if not k.startswith("_"))
             problems.append(f"unknown key {key!r} (top-level keys: {', '.join(top)})")
             continue
+        if isinstance(value, str) and value.startswith(_EXPRESSION_PREFIXES):
+            continue
+        entry = _schema_for(schema, key)
         current = parser[key]
         if isinstance(current, str) and current.startswith(_EXPRESSION_PREFIXES):
             current = _resolved_plain(parser, key)
-        if current is None or (value is None and key.rsplit("#", 1)[-1] in OPTIONAL_SETTINGS):
+        if value is None and entry.get("nullable"):
             continue
-        if isinstance(value, str) and value.startswith(_EXPRESSION_PREFIXES):
-            continue
-        if isinstance(current, bool) or isinstance(value, bool):
-            ok = isinstance(current, bool) and isinstance(value, bool)
-        elif isinstance(current, int | float):
-            ok = isinstance(value, int | float) and not (isinstance(current, int) and isinstance(value, float))
-        elif isinstance(current, list | tuple):
-            ok = isinstance(value, list | tuple)
-        else:
-            ok = isinstance(value, type(current))
-        if not ok:
-            problems.append(f"{key} expects {_type_name(current)} (like {current!r}), got {value!r}")
-        else:
-            problem = _out_of_range(key, value)
-            if problem:
-                problems.append(problem)
+        problem = _type_problem(key, value, current, entry.get("type")) or _out_of_range(key, value, entry)
+        if problem:
+            problems.append(problem)
     if problems:
         raise ValueError("bad override: " + "; ".join(problems))
 
 
-def _out_of_range(key: str, value: Any) -> str:
-    """What is wrong with the value of a shared numeric setting, or "" (any other key: "").
-
-    >>> _out_of_range("learning_rate", -1), _out_of_range("prob_flip", 1.5), _out_of_range("max_epochs", 3)
-    ('learning_rate expects a positive number, got -1', 'prob_flip expects a probability in [0, 1], got 1.5', '')
-    """
-    name = key.rsplit("#", 1)[-1]
-    if isinstance(value, bool):
+def _type_problem(key: str, value: Any, current: Any, declared: str | None) -> str:
+    """What is wrong with the type of ``value``, or "": the ``declared`` type, else that of ``current``."""
+    if declared is not None:
+        ok = _TYPES[declared](value)
+        like = "" if current is None else f" (like {current!r})"
+        return "" if ok else f"{key} expects {declared}{like}, got {value!r}"
+    if current is None:
         return ""
-    if isinstance(value, int | float):
-        if name in _POSITIVE and not value > 0:
-            return f"{key} expects a positive number, got {value!r}"
-        if name in _NON_NEGATIVE and not value >= 0:
-            return f"{key} expects a number >= 0, got {value!r}"
-        if name.startswith("prob_") and not 0 <= value <= 1:
-            return f"{key} expects a probability in [0, 1], got {value!r}"
-        if name == "overlap" and not 0 <= value < 1:
-            return f"{key} expects a number in [0, 1), got {value!r}"
-    if name in _POSITIVE_ENTRIES and isinstance(value, list | tuple):
-        if not all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in value):
-            return f"{key} expects positive numbers, got {value!r}"
+    if isinstance(current, bool) or isinstance(value, bool):
+        ok = isinstance(current, bool) and isinstance(value, bool)
+    elif isinstance(current, int | float):
+        ok = isinstance(value, int | float) and not (isinstance(current, int) and isinstance(value, float))
+    elif isinstance(current, list | tuple):
+        ok = isinstance(value, list | tuple)
+    else:
+        ok = isinstance(value, type(current))
+    return "" if ok else f"{key} expects {_type_name(current)} (like {current!r}), got {value!r}"
+
+
+def _out_of_range(key: str, value: Any, entry: Mapping[str, Any]) -> str:
+    """What is wrong with ``value`` by the schema ``entry`` (range, entries, choices), or "".
+
+    >>> positive, probability = {"range": Interval.parse("(0, inf)")}, {"range": Interval.parse("[0, 1]")}
+    >>> _out_of_range("learning_rate", -1, positive), _out_of_range("prob_flip", 1.5, probability)
+    ('learning_rate expects a positive number, got -1', 'prob_flip expects a number in [0, 1], got 1.5')
+    >>> _out_of_range("cache", "ram", {"choices": ["memory", "disk", "none"]})
+    "cache expects one of memory, disk, none, got 'ram'"
+    """
+    interval = entry.get("range")
+    if interval is not None and isinstance(value, int | float) and not isinstance(value, bool):
+        if not interval.contains(value):
+            return f"{key} expects {interval.describe()}, got {value!r}"
+    entries = entry.get("entries")
+    if entries is not None and isinstance(value, list | tuple):
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) and entries.contains(v) for v in value):
+            what = "positive numbers" if entries.describe() == "a positive number" else f"numbers in {entries.text}"
+            return f"{key} expects {what}, got {value!r}"
+    choices = entry.get("choices")
+    if choices is not None and value not in choices:
+        return f"{key} expects one of {', '.join(map(str, choices))}, got {value!r}"
     return ""
 
 
@@ -115,22 +229,6 @@ def _resolved_plain(parser: Any, key: str) -> Any:
     except Exception:  # noqa: BLE001 - any failure means: not checkable here; the run reports it later
         return None
     return value if isinstance(value, bool | int | float | str | list | tuple) else None
-
-
-def root_input_error(exc: BaseException) -> InputError | None:
-    """The ``InputError`` behind an exception MONAI's config machinery wrapped, if any."""
-    return _in_chain(exc, lambda e: isinstance(e, InputError))
-
-
-def _in_chain(exc: BaseException | None, match) -> BaseException | None:
-    """The first exception of ``exc``'s cause/context chain for which ``match`` is true, if any."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if match(exc):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
 
 
 def make_workflow(bundle_dir: str | os.PathLike, workflow: str = "train", overrides: Mapping[str, Any] | None = None):
@@ -154,7 +252,7 @@ def make_workflow(bundle_dir: str | os.PathLike, workflow: str = "train", overri
         workflow_type=workflow_type,
     )
     follow_console()  # the handler logging.conf put on sys.stdout follows it (medseg3d/core/logs.py)
-    check_overrides(wf.parser, overrides)
+    check_overrides(wf.parser, overrides, bundle_schema(bundle))
     wf.parser.update(pairs=overrides)
     return wf
 
@@ -218,7 +316,7 @@ def resume_workflow(run_dir: str | os.PathLike, overrides: Mapping[str, Any] | N
     )
     follow_console()
     overrides = {**rebased, **dict(overrides or {}), "output_dir": config_path(run_dir), "resume": True}
-    check_overrides(wf.parser, overrides)
+    check_overrides(wf.parser, overrides, bundle_schema(bundle_root))
     wf.parser.update(pairs=overrides)
     return wf
 
@@ -228,10 +326,11 @@ def run_workflow(wf):
     (a full disk), that MONAI's engine wrapped is re-raised as such (the CLI prints it as one line)."""
     try:
         wf.initialize()
+        follow_console()  # the handlers MONAI's StatsHandler put on sys.stdout while the config was parsed
         result = wf.run()
         wf.finalize()
     except Exception as exc:
-        cause = root_input_error(exc) or _in_chain(exc, lambda e: isinstance(e, OSError) and e.filename is not None)
+        cause = input_error_in(exc) or in_chain(exc, lambda e: isinstance(e, OSError) and e.filename is not None)
         if cause is not None:
             raise cause from None
         raise

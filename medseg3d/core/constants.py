@@ -29,7 +29,13 @@ LABEL_DESCRIPTIONS: dict[str, str] = {
 # BraTS evaluation regions, as sets of prepared label values.
 REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
 
+# File names of the images the project reads (``medseg3d.data.reader``), lower case, longest match first: NIfTI
+# through nibabel, NRRD and MetaImage (a detached ``.nhdr``/``.mhd`` header names its data file) through SimpleITK.
+# DICOM comes as series folders; DICOM_EXTENSIONS only help recognise slice files.
 NIFTI_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii")
+ITK_EXTENSIONS: tuple[str, ...] = (".nrrd", ".nhdr", ".mha", ".mhd")
+IMAGE_EXTENSIONS: tuple[str, ...] = (*NIFTI_EXTENSIONS, *ITK_EXTENSIONS)
+DICOM_EXTENSIONS: tuple[str, ...] = (".dcm", ".dicom", ".ima")
 
 # Spellings of each modality seen in the wild (file-name suffix tokens, lower case). The first one is
 # each edition's own; the rest let prep_brats pair modalities of re-named or raw trees.

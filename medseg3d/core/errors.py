@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 
 class InputError(ValueError):
@@ -17,6 +18,36 @@ class InputError(ValueError):
         self.path = None if path is None else os.fspath(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+def in_chain(exc: BaseException | None, match: Callable[[BaseException], bool]) -> BaseException | None:
+    """The first exception of ``exc``'s cause/context chain (``exc`` itself first) for which ``match`` is true.
+
+    MONAI's config machinery and transforms wrap what a function raised (``RuntimeError: applying transform``);
+    the user's error is the one underneath.
+
+    >>> try:
+    ...     try:
+    ...         raise InputError("scan.nii.gz", "empty")
+    ...     except InputError as exc:
+    ...         raise RuntimeError("applying transform") from exc
+    ... except RuntimeError as outer:
+    ...     str(in_chain(outer, lambda e: isinstance(e, InputError)))
+    'scan.nii.gz: empty'
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if match(exc):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def input_error_in(exc: BaseException | None) -> InputError | None:
+    """The ``InputError`` behind ``exc`` (``exc`` itself, or what it wraps), if any."""
+    found = in_chain(exc, lambda e: isinstance(e, InputError))
+    return found if isinstance(found, InputError) else None
 
 
 def check_output_folder(path: str | os.PathLike) -> None:

@@ -9,6 +9,11 @@ error ---" traceback. ``ConsoleHandler`` looks the stream up at every record ins
 ``follow_console()`` (called after MONAI has read a bundle's ``logging.conf``) swaps the root logger's
 handlers on the current stdout/stderr for it.
 
+A record logged with an exception caused by bad input (an ``InputError`` anywhere in its chain, e.g. a scan
+with NaN voxels met by a transform while MONAI's trainer logs the exception) is written as one line that ends
+with the error, without the traceback: the error names the file and what was expected, and a page of
+MONAI and ignite frames would bury it.
+
 >>> import io, contextlib, logging
 >>> handler = ConsoleHandler("stdout")
 >>> record = logging.makeLogRecord({"msg": "hello", "levelno": logging.INFO})
@@ -23,6 +28,8 @@ from __future__ import annotations
 
 import logging
 import sys
+
+from medseg3d.core.errors import input_error_in
 
 
 class ConsoleHandler(logging.StreamHandler):
@@ -42,11 +49,31 @@ class ConsoleHandler(logging.StreamHandler):
     def stream(self, value) -> None:  # StreamHandler.__init__ assigns one: the current one is used instead
         pass
 
+    def emit(self, record: logging.LogRecord) -> None:
+        error = input_error_in(record.exc_info[1]) if record.exc_info else None
+        if error is not None:
+            message = record.getMessage()
+            text = message if str(error) in message else f"{message}: {error}"
+            record = logging.makeLogRecord({**record.__dict__, "msg": text, "args": None, "exc_info": None,
+                                            "exc_text": None})  # fmt: skip
+        super().emit(record)
+
 
 def follow_console(logger: logging.Logger | None = None) -> None:
-    """Replace ``logger``'s (default: root's) plain ``StreamHandler``s on the current ``sys.stdout`` or
-    ``sys.stderr`` by ``ConsoleHandler``s with the same level, formatter and filters."""
-    logger = logger or logging.getLogger()
+    """Replace the plain ``StreamHandler``s on the current ``sys.stdout`` or ``sys.stderr`` by ``ConsoleHandler``s
+    with the same level, formatter and filters: on ``logger``, or (None) on the root logger and every logger
+    that has one (MONAI's ``StatsHandler`` and module loggers keep their own stdout handler)."""
+    loggers = (
+        [logger]
+        if logger is not None
+        else [logging.getLogger()]
+        + [found for found in list(logging.Logger.manager.loggerDict.values()) if isinstance(found, logging.Logger)]
+    )
+    for each in loggers:
+        _follow(each)
+
+
+def _follow(logger: logging.Logger) -> None:
     for index, handler in enumerate(list(logger.handlers)):
         if type(handler) is not logging.StreamHandler:
             continue

@@ -12,8 +12,10 @@ import csv
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from medseg3d.core.constants import EDITIONS, MODALITIES, MODALITY_ALIASES, NIFTI_EXTENSIONS, SEG_ALIASES, BratsEdition
 from medseg3d.core.errors import InputError
@@ -202,15 +204,42 @@ def find_cases(root: str | os.PathLike) -> list[RawCase]:
     return sorted(cases, key=lambda c: c.case_id)
 
 
+def unique_case_ids(ids: Sequence[str], order: Sequence[Any]) -> list[str]:
+    """``ids`` made unique, compared ignoring case (as macOS and Windows compare file names): the one rule for case IDs.
+
+    In each group of equal IDs the first by ``order`` keeps its ID and the others get ``__2``, ``__3``, ... (a
+    number no other ID takes), so two cases never write the same output file, on any file system.
+
+    Args:
+        ids: the case IDs, one per case.
+        order: a sort key per case (e.g. readable first, then the source path): who keeps the ID.
+
+    >>> unique_case_ids(["a", "A", "b", "a"], [2, 1, 0, 3])
+    ['a__2', 'A', 'b', 'a__3']
+    """
+    groups: dict[str, list[int]] = {}
+    for i, case_id in enumerate(ids):
+        groups.setdefault(case_id.casefold(), []).append(i)
+    taken = set(groups)
+    result = list(ids)
+    for members in groups.values():
+        members.sort(key=lambda i: order[i])
+        n = 2
+        for i in members[1:]:
+            while f"{ids[i]}__{n}".casefold() in taken:
+                n += 1
+            taken.add(f"{ids[i]}__{n}".casefold())
+            result[i] = f"{ids[i]}__{n}"
+    return result
+
+
 def _make_ids_unique(cases: list[RawCase]) -> None:
-    """Suffix repeated case IDs with their folder name so two cases never write the same output."""
-    seen: dict[str, int] = {}
-    for case in cases:
-        seen[case.case_id] = seen.get(case.case_id, 0) + 1
-    for case in cases:
-        if seen[case.case_id] > 1:
-            case.notes.append(f"case ID {case.case_id} appears in several folders")
-            case.case_id = safe_case_id(f"{case.case_id}__{case.folder.parent.name}_{case.folder.name}")
+    """``unique_case_ids`` over the cases: complete ones first, then by folder, keep their ID (noted when not)."""
+    ids = unique_case_ids([c.case_id for c in cases], [(bool(c.problems), str(c.folder)) for c in cases])
+    for case, case_id in zip(cases, ids, strict=True):
+        if case_id != case.case_id:
+            case.notes.append(f"case ID {case.case_id} appears in several folders; this one is {case_id}")
+            case.case_id = case_id
 
 
 def detect_edition(cases: list[RawCase], requested: str = "auto") -> BratsEdition:

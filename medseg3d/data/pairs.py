@@ -19,7 +19,6 @@ Layouts (``docs/data.md``, "Image/label pairs"):
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -28,36 +27,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
-import numpy as np
-import SimpleITK as sitk
-
-from medseg3d.core.constants import NIFTI_EXTENSIONS
+from medseg3d.core.constants import IMAGE_EXTENSIONS
 from medseg3d.core.errors import InputError, check_output_folder
-from medseg3d.core.io import write_json
 from medseg3d.data.brats import safe_case_id
-from medseg3d.data.folds import assign_folds
-from medseg3d.data.scans import (
-    IMAGE_EXTENSIONS,
-    ScanCase,
-    _check_slice_positions,
-    _gdcm_series,
-    _image_extension,
-    itk_affine_ras,
+from medseg3d.data.dataset_json import (
+    assign_entry_folds,
+    dataset_json_path,
+    relative_path,
+    write_dataset_json,
+    written_by,
 )
-from medseg3d.data.volumes import _load_header, _read_data, _spatial_shape
+from medseg3d.data.reader import check_same_grid, image_extension, label_values, read_info, read_label
 
 logger = logging.getLogger(__name__)
 
-GENERATOR = "medseg3d datalist"
-DATASET_JSON = "dataset.json"
-# The label must lie on the image's grid: spacing within 0.1 %, origin within 1 % of the smallest voxel size,
-# direction cosines within 0.001. Round-off between tools (float32 NIfTI headers, DICOM decimal strings) passes;
-# a resampled label, another spacing or a shift of a tenth of a voxel does not.
-SPACING_RTOL = 1e-3
-ORIGIN_TOLERANCE_VOXELS = 0.01
-DIRECTION_TOLERANCE = 1e-3
-_CHUNK = 1 << 22  # voxels per block when scanning label values (bounded memory on full-size CT)
+GENERATOR = "medseg3d datalist"  # dataset.json's "generator"
 _SUFFIX = re.compile(r"^(?:(?P<id>.+?)[_-])?(?P<role>ct|seg)$", re.IGNORECASE)
 _CHANNEL = re.compile(r"^(?P<id>.+)_(?P<channel>\d{4})$")
 _EXTENSIONS_TEXT = "/".join(IMAGE_EXTENSIONS)
@@ -138,24 +122,6 @@ class Pair:
     modality: str | None  # "CT" for <id>_ct; a DICOM series' Modality tag replaces it
 
 
-@dataclass(frozen=True)
-class _Grid:
-    shape: tuple[int, int, int]
-    affine: np.ndarray  # voxel -> RAS mm
-
-    @property
-    def spacing(self) -> np.ndarray:
-        return np.linalg.norm(self.affine[:3, :3], axis=0)
-
-    @property
-    def direction(self) -> np.ndarray:
-        return self.affine[:3, :3] / self.spacing
-
-    @property
-    def origin(self) -> np.ndarray:
-        return self.affine[:3, 3]
-
-
 # ---------------------------------------------------------------------------------------------------------- discovery
 
 
@@ -165,7 +131,7 @@ def _stem(path: Path) -> str | None:
     >>> _stem(Path("a/ct_000_0000.nii.gz")), _stem(Path("b.MHA")), _stem(Path("notes.txt"))
     ('ct_000_0000', 'b', None)
     """
-    extension = _image_extension(path)
+    extension = image_extension(path)
     return path.name[: -len(extension)] if extension else None
 
 
@@ -307,215 +273,21 @@ def find_pairs(root: str | os.PathLike) -> tuple[list[Pair], list[Rejection]]:
 # ----------------------------------------------------------------------------------------------------------- checking
 
 
-def _itk_grid(path: Path, size: Sequence[int], spacing, origin, direction, components: int) -> _Grid:
-    """The grid of an ITK image of any dimension; a 3D scalar volume (trailing size-1 axes dropped) expected."""
-    dims = len(size)
-    shape = tuple(int(n) for n in size)
-    if components != 1:
-        raise InputError(path, f"expected a single-channel volume, got {components} components per voxel")
-    if dims == 4 and shape[3] == 1:
-        direction = np.asarray(direction, dtype=np.float64).reshape(4, 4)[:3, :3].ravel()
-        dims, shape, spacing, origin = 3, shape[:3], spacing[:3], origin[:3]
-    if dims != 3:
-        raise InputError(path, f"expected a 3D volume, got a {dims}D image of size {shape}")
-    return _Grid(shape, itk_affine_ras(direction, spacing, origin))  # type: ignore[arg-type]
-
-
-def _sitk_grid(path: Path, image: sitk.Image) -> _Grid:
-    """``_itk_grid`` of a SimpleITK image."""
-    return _itk_grid(path, image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection(),
-                     image.GetNumberOfComponentsPerPixel())  # fmt: skip
-
-
-def _nifti_grid(path: Path, image: nib.Nifti1Image) -> _Grid:
-    shape = tuple(int(n) for n in image.shape)
-    if len(shape) > 3 and any(n != 1 for n in shape[3:]):
-        raise InputError(path, f"expected a 3D single-channel volume, got shape {shape} (multi-channel images are "
-                         "not supported)")  # fmt: skip
-    return _Grid(_spatial_shape(path, shape), np.asarray(image.affine, dtype=np.float64))  # type: ignore[arg-type]
-
-
-def _check_nifti_data(path: Path, image: nib.Nifti1Image) -> None:
-    """Raise ``InputError`` for a truncated or damaged NIfTI file without decompressing a sound one.
-
-    A sound ``.nii`` holds at least offset + voxel bytes; a sound single-stream ``.nii.gz`` ends with that size
-    (mod 2**32). Anything else (a multi-stream gzip too) is read in full, which raises for a damaged file.
-    """
-    header = image.header
-    # The offset of the file as read (the proxy's): a loaded image's header copy says 0 (nibabel resets vox_offset).
-    offset = getattr(image.dataobj, "offset", None)
-    offset = int(header.get_data_offset() if offset is None else offset)
-    expected = offset + int(np.prod(image.shape)) * header.get_data_dtype().itemsize
-    try:
-        if path.name.lower().endswith(".nii"):
-            sound = path.stat().st_size >= expected
-        else:
-            with open(path, "rb") as f:
-                f.seek(-4, os.SEEK_END)
-                sound = int.from_bytes(f.read(4), "little") == expected % 2**32
-    except OSError:
-        sound = False
-    if not sound:
-        _read_data(path, image, None)
-
-
-def _sitk_error(path: Path, what: str, exc: RuntimeError) -> InputError:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return InputError(path, f"cannot read as {what} ({lines[-1].strip() if lines else exc})")
-
-
-def _dicom_grid(path: Path) -> tuple[_Grid, str | None]:
-    """Grid and Modality tag of the one DICOM series directly in the folder ``path`` (the series is read)."""
-    files = [p for p in _visible(path) if p.is_file()]
-    series, _ = _gdcm_series(path, files)
-    if not series:
-        raise InputError(path, "no DICOM series directly in this folder; expected the DICOM slice files of one series")
-    if len(series) > 1:
-        uids = ", ".join(uid or "(no UID)" for uid, _ in series)
-        raise InputError(path, f"holds {len(series)} DICOM series ({uids}); expected one series per case folder "
-                         "(the loader reads only one)")  # fmt: skip
-    uid, slices = series[0]
-    reader = sitk.ImageSeriesReader()
-    reader.SetImageIO("GDCMImageIO")
-    reader.SetFileNames([str(f) for f in slices])
-    reader.MetaDataDictionaryArrayUpdateOn()
-    try:
-        image = reader.Execute()
-    except RuntimeError as exc:
-        raise _sitk_error(path, "a DICOM series", exc) from None
-    grid = _sitk_grid(path, image)
-    _check_slice_positions(ScanCase(path.name, "dicom", path, tuple(slices), uid), reader, image)
-    modality = reader.GetMetaData(0, "0008|0060").strip() if reader.HasMetaDataKey(0, "0008|0060") else None
-    return grid, modality or None
-
-
-def _image_grid(path: Path) -> tuple[_Grid, str | None]:
-    """Grid and modality (DICOM only) of an image, reading as little as possible.
-
-    NIfTI: the header (nibabel, as MONAI's loader reads it) and a cheap truncation check; NRRD/MHA/MHD: the whole
-    file through SimpleITK (a header alone says nothing of damaged data); DICOM: the whole series.
-    """
-    if path.is_dir():
-        return _dicom_grid(path)
-    if _image_extension(path) in NIFTI_EXTENSIONS:
-        image = _load_header(path)
-        grid = _nifti_grid(path, image)
-        _check_nifti_data(path, image)
-        return grid, None
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise _sitk_error(path, "an image", exc) from None
-    grid = _sitk_grid(path, image)
-    return grid, None
-
-
-def _read_label(path: Path) -> tuple[_Grid, np.ndarray]:
-    """Grid and voxel values of a label file."""
-    if _image_extension(path) in NIFTI_EXTENSIONS:
-        image = _load_header(path)
-        grid = _nifti_grid(path, image)
-        return grid, _read_data(path, image, None)
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise _sitk_error(path, "a label image", exc) from None
-    grid = _sitk_grid(path, image)
-    return grid, sitk.GetArrayFromImage(image)  # a copy: a view dies with the image
-
-
-def _fmt(values: np.ndarray) -> str:
-    return "(" + ", ".join(f"{v:.6g}" for v in np.asarray(values, dtype=np.float64).ravel()) + ")"
-
-
-def check_label_grid(label: Path, grid: _Grid, image: Path, reference: _Grid) -> None:
-    """Raise ``InputError`` naming ``label`` unless it lies on ``image``'s voxel grid (within the tolerances).
-
-    Example:
-        >>> a = _Grid((4, 4, 4), np.diag([0.8, 0.8, 2.5, 1.0]))
-        >>> check_label_grid(Path("l.nii.gz"), _Grid((4, 4, 4), np.diag([0.8, 0.8, 2.0, 1.0])), Path("i.nii"), a)
-        Traceback (most recent call last):
-        ...
-        medseg3d.core.errors.InputError: l.nii.gz: not on the grid of its image i.nii: spacing (0.8, 0.8, 2) mm vs (0.8, 0.8, 2.5) mm; expected the label on the image's voxel grid (same size, spacing, origin and direction)
-    """  # noqa: E501
-    expected = "expected the label on the image's voxel grid (same size, spacing, origin and direction)"
-    what = f"not on the grid of its image {image.name}"
-    if grid.shape != reference.shape:
-        raise InputError(label, f"{what}: size {grid.shape} vs {reference.shape}; {expected}")
-    if np.any(np.abs(grid.spacing - reference.spacing) > SPACING_RTOL * reference.spacing):
-        raise InputError(label, f"{what}: spacing {_fmt(grid.spacing)} mm vs {_fmt(reference.spacing)} mm; {expected}")
-    if np.any(np.abs(grid.direction - reference.direction) > DIRECTION_TOLERANCE):
-        raise InputError(label, f"{what}: direction {_fmt(grid.direction)} vs {_fmt(reference.direction)} (RAS); "
-                         f"{expected}")  # fmt: skip
-    shift = float(np.max(np.abs(grid.origin - reference.origin)))
-    if shift > ORIGIN_TOLERANCE_VOXELS * float(reference.spacing.min()):
-        raise InputError(label, f"{what}: origin {_fmt(grid.origin)} vs {_fmt(reference.origin)} mm (RAS), "
-                         f"{shift:.3g} mm apart; {expected}")  # fmt: skip
-
-
-def label_values(path: str | os.PathLike, data: np.ndarray) -> list[int]:
-    """The distinct values of a label array, checked to be non-negative integers.
-
-    Integer-valued floats (0.0, 1.0) pass; the array is scanned in blocks, so memory stays small.
-
-    Example:
-        >>> label_values("l.nii.gz", np.array([[0, 2], [2, 0]], dtype=np.uint8))
-        [0, 2]
-        >>> label_values("l.nii.gz", np.array([0.0, 0.5]))
-        Traceback (most recent call last):
-        ...
-        medseg3d.core.errors.InputError: l.nii.gz: non-integer label values such as 0.5; expected non-negative integers (0 = background)
-
-    Raises:
-        InputError: non-integer, negative or non-finite values, or a dtype that is no number.
-    """  # noqa: E501
-    expected = "expected non-negative integers (0 = background)"
-    data = np.asarray(data)
-    if data.dtype.kind == "b":
-        data = data.view(np.uint8)
-    if data.dtype.kind not in "iuf":
-        raise InputError(path, f"label voxels of type {data.dtype}; {expected}")
-    flat = data.ravel(order="K")
-    counts = np.zeros(0, dtype=np.int64)
-    others: set[int] = set()
-    for start in range(0, flat.size, _CHUNK):
-        block = flat[start : start + _CHUNK]
-        if data.dtype.kind == "f":
-            if not np.all(np.isfinite(block)):
-                raise InputError(path, f"NaN or Inf label values; {expected}")
-            fraction = block != np.round(block)
-            if np.any(fraction):
-                raise InputError(path, f"non-integer label values such as {block[fraction][0]:g}; {expected}")
-        low = block.min()
-        if low < 0:
-            raise InputError(path, f"negative label values such as {low:g}; {expected}")
-        block = block.astype(np.intp)
-        large = block >= 65536  # counted apart, so that bincount stays small
-        if np.any(large):
-            others.update(int(v) for v in np.unique(block[large]))
-            block = block[~large]
-        found = np.bincount(block)
-        if found.size > counts.size:
-            found[: counts.size] += counts
-            counts = found
-        else:
-            counts[: found.size] += found
-    return sorted({int(v) for v in np.flatnonzero(counts)} | others)
-
-
 def _check_pair(pair: Pair) -> tuple[list[int], str | None]:
-    """(label values, modality) of a sound pair; ``InputError`` naming the file at fault otherwise."""
-    image_grid, modality = _image_grid(pair.image)
-    label_grid, data = _read_label(pair.label)
-    check_label_grid(pair.label, label_grid, pair.image, image_grid)
-    return label_values(pair.label, data), modality or pair.modality
+    """(label values, modality) of a sound pair; ``InputError`` naming the file at fault otherwise.
+
+    Through ``medseg3d.data.reader``: of a NIfTI image only the header and a cheap truncation check, NRRD/MHA images
+    and DICOM series in full (a series' slice positions checked); the label in full (its values are needed).
+    """
+    image = read_info(pair.image, verify_data=True)
+    label = read_label(pair.label)
+    check_same_grid(pair.label, label.grid, pair.image, image.grid, relation="not on the grid of its image",
+                    expected="expected the label on the image's voxel grid (same size, spacing, origin and "
+                    "direction)")  # fmt: skip
+    return label_values(label.array, pair.label), image.modality or pair.modality
 
 
 # ------------------------------------------------------------------------------------------------------------ writing
-
-
-def _relative(path: Path, out: Path) -> str:
-    return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(out))).as_posix()
 
 
 def _label_names(values: list[int], names: Sequence[str] | None, root: Path, rejected: list[Rejection]) -> dict:
@@ -537,15 +309,10 @@ def _label_names(values: list[int], names: Sequence[str] | None, root: Path, rej
     return {"0": "background", **{str(v): n for v, n in zip(foreground, names, strict=True)}}
 
 
-def _check_overwrite(path: Path) -> None:
+def _check_overwrite(out: Path) -> None:
     """Refuse to replace a dataset.json that this command did not write (prep_brats's, a Decathlon original)."""
-    if not path.exists():
-        return
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
-        content = None
-    if not isinstance(content, dict) or content.get("generator") != GENERATOR:
+    path = dataset_json_path(out)
+    if path.exists() and written_by(out) != GENERATOR:
         raise InputError(path, "exists and was not written by medseg3d datalist; expected no dataset.json there "
                          "(give --out DIR to write elsewhere, or move it)")  # fmt: skip
 
@@ -593,10 +360,10 @@ def build_datalist(
         raise ValueError(f"folds must be >= 1, got {folds}")
     root = Path(root)
     out = Path(out) if out is not None else root
-    path = out / DATASET_JSON
+    path = dataset_json_path(out)
     pairs, rejected = find_pairs(root)
     check_output_folder(out)
-    _check_overwrite(path)
+    _check_overwrite(out)
     listed: list[tuple[Pair, str | None]] = []
     values: set[int] = set()
     for pair in pairs:
@@ -630,12 +397,11 @@ def build_datalist(
             f"label values {', '.join(map(str, foreground))} are not consecutive: the network needs "
             f"{foreground[-1] + 1} output channels (or remap the labels to 1..{len(foreground)})"
         )
-    split = assign_folds([pair.case_id for pair, _ in listed], folds, seed)
     entries = [
-        {"image": _relative(pair.image, out), "label": _relative(pair.label, out), "case_id": pair.case_id,
-         "fold": split[pair.case_id]}
+        {"image": relative_path(pair.image, out), "label": relative_path(pair.label, out), "case_id": pair.case_id}
         for pair, _ in listed
-    ]  # fmt: skip
+    ]
+    entries = assign_entry_folds(entries, folds, seed, stratify_by=None)
     modalities = {modality for _, modality in listed}
     modality = modalities.pop() if len(modalities) == 1 and None not in modalities else "image"
     content = {
@@ -645,11 +411,10 @@ def build_datalist(
         "tensorImageSize": "3D",
         "modality": {"0": modality},
         "labels": labels,
-        "numTraining": len(entries),
         "folds": folds,
         "seed": seed,
         "training": entries,
-        "rejected": [{"path": _relative(r.path, out), "reason": r.reason} for r in rejected],
+        "rejected": [{"path": relative_path(r.path, out), "reason": r.reason} for r in rejected],
     }
-    write_json(content, path)
+    write_dataset_json(out, content)
     return DatalistResult(path, entries, rejected, labels, folds, warnings)

@@ -21,29 +21,37 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 
 from medseg3d.core.constants import MODALITIES, MODALITY_ALIASES, NIFTI_EXTENSIONS, SEG_ALIASES
 from medseg3d.core.errors import InputError
 from medseg3d.core.io import atomic_path, save_nifti
-from medseg3d.data.brats import detect_edition, edition_of_case_id, is_nifti, modality_token, pair_folder, safe_case_id
-from medseg3d.data.volumes import check_same_grid
+from medseg3d.data.brats import (
+    detect_edition,
+    edition_of_case_id,
+    is_nifti,
+    modality_token,
+    pair_folder,
+    safe_case_id,
+    unique_case_ids,
+)
+from medseg3d.data.reader import (
+    ImageData,
+    check_same_grid,
+    gdcm_series,
+    image_extension,
+    looks_like_dicom,
+    read_dicom_series,
+    read_image,
+)
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (*NIFTI_EXTENSIONS, ".nrrd", ".nhdr", ".mha", ".mhd")
-DICOM_EXTENSIONS: tuple[str, ...] = (".dcm", ".dicom", ".ima")
 EXPECTS: tuple[str, ...] = ("image", "brats")
 MIN_VOXELS = 2  # along every axis; a single slice is not a volume
-# A DICOM slice may sit this far from where the regular grid ITK builds puts it: 1% of the slice spacing, at least
-# 0.01 mm (IPP is written with a few decimals). Further off is a missing slice, a gantry tilt or a mixed series.
-SLICE_POSITION_TOLERANCE = 0.01
-SLICE_POSITION_TOLERANCE_MM = 0.01
 NOT_AN_IMAGE = "not an image file (expected .nii/.nii.gz/.nrrd/.mha/.mhd or a DICOM series folder)"
 NOT_A_BRATS_INPUT = "not a BraTS input (expected a case folder of four NIfTI modality files or a 4-channel NIfTI file)"
 _MODALITY_TOKENS = frozenset(alias for aliases in MODALITY_ALIASES.values() for alias in aliases)
 _SEG_TOKENS = frozenset(SEG_ALIASES)
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 @dataclass(frozen=True)
@@ -105,24 +113,6 @@ class Scan:
 # ---------------------------------------------------------------------------------------------------------- discovery
 
 
-def _image_extension(path: Path) -> str | None:
-    name = path.name.lower()
-    return next((ext for ext in IMAGE_EXTENSIONS if name.endswith(ext)), None)
-
-
-def _looks_like_dicom(path: Path) -> bool:
-    """Cheap pre-check before GDCM: the 'DICM' magic at byte 128, a DICOM extension, or a bare tag stream."""
-    if path.name.upper() == "DICOMDIR" or _image_extension(path):
-        return False  # DICOMDIR indexes a media folder and holds no pixels
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    # Files without the 128-byte preamble (old exports) start with a group 0002 or 0008 tag.
-    return head[128:132] == b"DICM" or path.suffix.lower() in DICOM_EXTENSIONS or head[:2] in (b"\x02\x00", b"\x08\x00")
-
-
 def _companions(header: Path) -> set[Path]:
     """Data files named by a detached header (.mhd ElementDataFile, .nhdr data file): part of that image."""
     if header.suffix.lower() not in (".mhd", ".nhdr"):
@@ -156,27 +146,6 @@ def _walk(top: Path, skip: _Excluder) -> Iterator[tuple[Path, list[Path]]]:
         yield folder, sorted(folder / n for n in filenames if not skip(folder / n) and (folder / n).is_file())
 
 
-def _gdcm_series(folder: Path, files: list[Path]) -> tuple[list[tuple[str | None, tuple[Path, ...]]], list[Path]]:
-    """DICOM series directly in ``folder`` as (uid or None, ordered files), and the DICOM-like files in none.
-
-    GDCM groups by SeriesInstanceUID (missing and empty UIDs form the series ``""``) and orders each series by
-    ImagePositionPatient along the slice normal, falling back to InstanceNumber.
-    """
-    candidates = [f for f in files if _looks_like_dicom(f)]
-    if not candidates:
-        return [], []
-    series = []
-    listed = set(files)
-    for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)):
-        names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
-        paths = tuple(Path(n) for n in names if Path(n) in listed)
-        if paths:
-            series.append((uid.strip() or None, paths))
-    used = {p for _, paths in series for p in paths}
-    series.sort(key=lambda s: (s[0] or "", s[1][0].name))
-    return series, [f for f in candidates if f not in used]
-
-
 def _series_cases(
     source: Path, base_id: str, found: list[tuple[str | None, tuple[Path, ...], str | None]]
 ) -> list[ScanCase]:
@@ -192,7 +161,7 @@ def _dicom_cases(source: Path, base_id: str, folders: list[tuple[Path, list[Path
     """The DICOM series of ``folders`` (``source`` and the folders below it), one case each."""
     found: list[tuple[str | None, tuple[Path, ...], str | None]] = []
     for folder, files in folders:
-        series, orphans = _gdcm_series(folder, files)
+        series, orphans = gdcm_series(folder, files)
         found.extend((uid, paths, None) for uid, paths in series)
         if orphans and not series:
             names = ", ".join(f.name for f in orphans[:3]) + (", ..." if len(orphans) > 3 else "")
@@ -227,7 +196,7 @@ def _modality_files(files: list[Path]) -> tuple[list[Path], bool]:
 
 def _file_case(path: Path, expect: str) -> ScanCase:
     """A case for one file given directly (an entry of INPUT, or INPUT itself)."""
-    extension = _image_extension(path)
+    extension = image_extension(path)
     stem = path.name[: -len(extension)] if extension else path.name
     if expect == "brats":
         if extension in NIFTI_EXTENSIONS:
@@ -235,7 +204,7 @@ def _file_case(path: Path, expect: str) -> ScanCase:
         return ScanCase(safe_case_id(path.name), "brats", path, problem=NOT_A_BRATS_INPUT)
     if extension:
         return ScanCase(safe_case_id(stem), "image", path, (path,))
-    if _looks_like_dicom(path):  # one file: a multi-frame DICOM (a single slice fails as too small)
+    if looks_like_dicom(path):  # one file: a multi-frame DICOM (a single slice fails as too small)
         return ScanCase(safe_case_id(path.name), "dicom", path, (path,))
     return ScanCase(safe_case_id(path.name), "image", path, problem=NOT_AN_IMAGE)
 
@@ -263,25 +232,10 @@ def _folder_cases(entry: Path, expect: str, skip: _Excluder) -> list[ScanCase]:
 
 
 def _make_ids_unique(cases: list[ScanCase]) -> list[ScanCase]:
-    """Give repeated ids (compared case-insensitively, as on macOS and Windows) a ``__2``, ``__3``... suffix.
-
-    Within a group the readable cases come first, then by source path, so the first keeps its id.
-    """
-    groups: dict[str, list[ScanCase]] = {}
-    for case in cases:
-        groups.setdefault(case.case_id.casefold(), []).append(case)
-    taken = set(groups)
-    result = []
-    for group in groups.values():
-        group.sort(key=lambda c: (c.problem is not None, str(c.source), [str(f) for f in c.files]))
-        result.append(group[0])
-        n = 2
-        for case in group[1:]:
-            while f"{case.case_id}__{n}".casefold() in taken:
-                n += 1
-            taken.add(f"{case.case_id}__{n}".casefold())
-            result.append(dataclasses.replace(case, case_id=f"{case.case_id}__{n}"))
-    return result
+    """``unique_case_ids`` over the cases: the readable ones first, then by source path, keep their id."""
+    order = [(c.problem is not None, str(c.source), [str(f) for f in c.files]) for c in cases]
+    ids = unique_case_ids([c.case_id for c in cases], order)
+    return [c if i == c.case_id else dataclasses.replace(c, case_id=i) for c, i in zip(cases, ids, strict=True)]
 
 
 def find_scans(input_dir: Path, expect: str = "image", exclude: Sequence[Path] = ()) -> list[ScanCase]:
@@ -316,7 +270,7 @@ def find_scans(input_dir: Path, expect: str = "image", exclude: Sequence[Path] =
     # ignored, as inside any case folder (DICOMDIR, a README, a segmentation), except image files in image mode.
     unreadable: list[Path] = []
     if expect == "image":
-        series, unreadable = _gdcm_series(input_dir, files)
+        series, unreadable = gdcm_series(input_dir, files)
         own_case = bool(series)
         cases += _series_cases(input_dir, safe_case_id(input_dir.name), [(uid, p, None) for uid, p in series])
     else:
@@ -330,7 +284,7 @@ def find_scans(input_dir: Path, expect: str = "image", exclude: Sequence[Path] =
             cases += _folder_cases(entry, expect, skip)
         elif entry in used or entry in companions:
             continue
-        elif own_case and (expect == "brats" or not _image_extension(entry)):
+        elif own_case and (expect == "brats" or not image_extension(entry)):
             logger.info("%s: ignored (not an image, beside the case in %s)", entry.name, input_dir)
         elif entry in unreadable:
             problem = "not a readable DICOM file (GDCM cannot parse it); expected a DICOM slice"
@@ -345,166 +299,40 @@ def find_scans(input_dir: Path, expect: str = "image", exclude: Sequence[Path] =
 # ------------------------------------------------------------------------------------------------------------ reading
 
 
-def _load_nifti(path: Path, channels: int) -> tuple[nib.Nifti1Image, np.ndarray]:
-    """(image, float32 data of shape (X, Y, Z, channels)); every failure an ``InputError`` naming ``path``."""
-    try:
-        image = nib.load(os.fspath(path))
-    except FileNotFoundError:
-        raise InputError(path, "file not found") from None
-    except Exception as exc:  # nibabel raises many types for bad headers or non-NIfTI bytes
-        raise InputError(path, f"cannot read as NIfTI ({type(exc).__name__}: {exc})") from None
-    shape = tuple(int(n) for n in image.shape)
-    # Checked on the header, before a (possibly large) 4D series is read in vain; size-1 axes after Z are dropped.
-    if len(shape) < 3 or tuple(n for n in shape[3:] if n != 1) != ((channels,) if channels > 1 else ()):
-        expected = "a 3D volume (X, Y, Z)" if channels == 1 else f"a {channels}-channel image (X, Y, Z, {channels})"
-        raise InputError(path, f"expected {expected}, got shape {shape}")
-    try:
-        data = np.asarray(image.dataobj, dtype=np.float32)
-    except Exception as exc:  # truncated gzip, short file: zlib.error, EOFError, OSError, ValueError
-        raise InputError(path, f"cannot read the voxel data, the file is damaged or truncated ({exc})") from None
-    return image, data.reshape(*shape[:3], channels)
+def _check_voxels(path: Path, image: ImageData) -> None:
+    """Raise ``InputError`` for an image with fewer than ``MIN_VOXELS`` along an axis or a constant channel.
 
-
-def _check_voxels(path: Path, array: np.ndarray) -> None:
-    """Raise ``InputError`` for a too small (C, X, Y, Z) array, NaN/Inf voxels or a constant channel."""
-    if min(array.shape[1:]) < MIN_VOXELS:
-        raise InputError(path, f"image too small: shape {array.shape[1:]}; expected at least {MIN_VOXELS} voxels "
-                         "along every axis")  # fmt: skip
-    # Channel by channel: reshaping a Fortran-ordered array would copy it. NaN and Inf propagate to min/max.
-    lows, highs = np.array([channel.min() for channel in array]), np.array([channel.max() for channel in array])
-    if not (np.all(np.isfinite(lows)) and np.all(np.isfinite(highs))):
-        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
-        raise InputError(path, f"{bad} voxels are NaN or Inf; expected finite values")
+    (The reader has refused unreadable files, NaN/Inf voxels and singular affines.)
+    """
+    shape = image.array.shape[1:]
+    if min(shape) < MIN_VOXELS:
+        raise InputError(path, f"image too small: shape {shape}; expected at least {MIN_VOXELS} voxels along every "
+                         "axis")  # fmt: skip
+    lows, highs = image.channel_range()
     for c in np.flatnonzero(lows == highs):
-        which = f"channel {c} of the image" if len(array) > 1 else "the image"
+        which = f"channel {c} of the image" if len(lows) > 1 else "the image"
         raise InputError(path, f"{which} is constant (every voxel is {float(lows[c]):g}); expected a scan")
 
 
-def _check_affine(path: Path, affine: np.ndarray) -> None:
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise InputError(path, "the header's voxel-to-world matrix is singular or not finite; expected a valid affine")
-
-
-def _read_nifti_case(case: ScanCase) -> Scan:
-    """image (3D NIfTI), brats (four 3D NIfTI files, or one 4-channel file)."""
-    # NIfTI data is Fortran-ordered; channels-first views of it (no transposing copy) keep reading fast.
-    if len(case.files) == 1:
-        image, data = _load_nifti(case.files[0], len(MODALITIES) if case.kind == "brats" else 1)
-        array, images = np.moveaxis(data, -1, 0), [image]
-    else:
-        images, array = [], None
-        for c, path in enumerate(case.files):
-            image, data = _load_nifti(path, 1)
-            if array is None:
-                array = np.moveaxis(np.empty((*data.shape[:3], len(case.files)), np.float32, order="F"), -1, 0)
-            else:
-                check_same_grid(path, data.shape[:3], image.affine, case.files[0], array.shape[1:], images[0].affine)
-            images.append(image)
-            array[c] = data[..., 0]
-    affine = np.asarray(images[0].affine, dtype=np.float64)
-    _check_affine(case.files[0], affine)
-    if len(case.files) == 1:
-        _check_voxels(case.files[0], array)
-    else:  # one file per channel: name the file at fault
-        for c, path in enumerate(case.files):
-            _check_voxels(path, array[c : c + 1])
-    return Scan(case, array, affine, _spacing(affine), _nifti_header=images[0].header.copy())
-
-
-def _spacing(affine: np.ndarray) -> tuple[float, float, float]:
-    return tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))  # type: ignore[return-value]
-
-
-def itk_affine_ras(direction: Sequence[float], spacing: Sequence[float], origin: Sequence[float]) -> np.ndarray:
-    """Voxel -> RAS (4, 4) from ITK's 3D geometry (direction cosines, spacing and origin, all LPS).
-
-    >>> itk_affine_ras((1, 0, 0, 0, 1, 0, 0, 0, 1), (0.5, 0.5, 2.0), (10.0, 20.0, 30.0))[:3].tolist()
-    [[-0.5, 0.0, 0.0, -10.0], [0.0, -0.5, 0.0, -20.0], [0.0, 0.0, 2.0, 30.0]]
-    """
-    affine = np.eye(4)
-    affine[:3, :3] = np.asarray(direction, dtype=np.float64).reshape(3, 3) * np.asarray(spacing, dtype=np.float64)
-    affine[:3, 3] = origin
-    return _LPS_TO_RAS @ affine
-
-
-def sitk_affine_ras(image: sitk.Image) -> np.ndarray:
-    """Voxel -> RAS (4, 4) of a 3D SimpleITK image (whose origin and direction are LPS)."""
-    return itk_affine_ras(image.GetDirection(), image.GetSpacing(), image.GetOrigin())
-
-
-def _sitk_array(path: Path, image: sitk.Image) -> np.ndarray:
-    """float32 (1, X, Y, Z) of a scalar 3D ITK image (a trailing 4th axis of size 1 dropped)."""
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(path, f"expected a single-channel image, got {image.GetNumberOfComponentsPerPixel()} "
-                         "components per voxel")  # fmt: skip
-    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
-        image = image[:, :, :, 0]
-    if image.GetDimension() != 3:
-        raise InputError(path, f"expected a 3D volume (X, Y, Z), got a {image.GetDimension()}D image of size "
-                         f"{image.GetSize()}")  # fmt: skip
-    # (Z, Y, X) C-order is (X, Y, Z) Fortran-order: transposing the view and converting in memory order is one
-    # sequential copy, where a C-order (X, Y, Z) copy would be a slow strided transpose.
-    return sitk.GetArrayViewFromImage(image).transpose(2, 1, 0).astype(np.float32)[None]
-
-
-def _check_slice_positions(case: ScanCase, reader: sitk.ImageSeriesReader, image: sitk.Image) -> None:
-    """Raise ``InputError`` unless every slice lies where ITK's regular grid puts it (within the tolerance).
-
-    ITK builds the grid from the first and last ImagePositionPatient; a missing slice, uneven spacing, a gantry
-    tilt or two acquisitions in one series would make every written label drift off its slice, so they are errors.
-    """
-    files = case.files
-    if len(files) < 2 or image.GetDimension() != 3 or image.GetSize()[2] != len(files):
-        return
-    try:
-        positions = np.array([[float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")]
-                              for i in range(len(files))])  # fmt: skip
-    except (RuntimeError, ValueError):
-        logger.warning("%s: some slices have no readable ImagePositionPatient; geometry as ITK reads it", case.source)
-        return
-    direction = np.asarray(image.GetDirection()).reshape(3, 3)
-    spacing = image.GetSpacing()[2]
-    expected = np.asarray(image.GetOrigin()) + np.arange(len(files))[:, None] * spacing * direction[:, 2]
-    errors = np.linalg.norm(positions - expected, axis=1)
-    worst = int(np.argmax(errors))
-    if errors[worst] > max(SLICE_POSITION_TOLERANCE_MM, SLICE_POSITION_TOLERANCE * spacing):
-        gaps = np.diff(positions @ direction[:, 2])
-        raise InputError(
-            case.source,
-            f"slices are not evenly spaced: {files[worst].name} lies {errors[worst]:.3g} mm off the regular grid of "
-            f"{spacing:.4g} mm slices (gaps from {gaps.min():.4g} to {gaps.max():.4g} mm); expected a complete "
-            "series of evenly spaced, parallel slices (a missing slice, a gantry tilt, or two acquisitions in one "
-            "series?)",
-        )
-
-
-def _read_sitk_case(case: ScanCase) -> Scan:
-    """image (NRRD/MHA/MHD via ITK), dicom (a series via GDCM, compressed transfer syntaxes included)."""
-    path = case.source if case.kind == "dicom" else case.files[0]
-    try:
-        if case.kind == "dicom":
-            reader = sitk.ImageSeriesReader()
-            reader.SetImageIO("GDCMImageIO")
-            reader.SetFileNames([str(f) for f in case.files])
-            reader.MetaDataDictionaryArrayUpdateOn()
-            image = reader.Execute()
+def _read_modality_files(case: ScanCase) -> Scan:
+    """A brats case of one NIfTI file per modality, stacked on the grid of the first (t1)."""
+    array = grid = header = None
+    for c, path in enumerate(case.files):
+        image = read_image(path)
+        if array is None:
+            # Channels-first views of a Fortran-ordered (X, Y, Z, C) block: no transposing copy.
+            array = np.moveaxis(np.empty((*image.array.shape[1:], len(case.files)), np.float32, order="F"), -1, 0)
+            grid, header = image.grid, image.header
         else:
-            image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        what = "a DICOM series" if case.kind == "dicom" else "an image"
-        message = str(exc).strip().splitlines()
-        raise InputError(path, f"cannot read as {what} ({message[-1] if message else exc})") from None
-    array = _sitk_array(path, image)
-    if case.kind == "dicom":
-        _check_slice_positions(case, reader, image)
-    affine = sitk_affine_ras(image)
-    _check_affine(path, affine)
-    _check_voxels(path, array)
-    return Scan(case, array, affine, _spacing(affine))
+            check_same_grid(path, image.grid, case.files[0], grid)
+        _check_voxels(path, image)  # one file per channel: name the file at fault
+        array[c] = image.array[0]
+    return Scan(case, array, grid.affine, tuple(float(s) for s in grid.spacing), _nifti_header=header)
 
 
 def read_scan(case: ScanCase) -> Scan:
-    """Read one case: NIfTI through nibabel (the header's affine exactly), everything else through SimpleITK.
+    """Read one case through ``medseg3d.data.reader``: NIfTI through nibabel (the header's affine exactly), NRRD, MHA
+    and DICOM series through SimpleITK (a series' slice positions checked).
 
     Returns:
         A ``Scan`` with ``array`` float32 (C, X, Y, Z) in the file's index order: C = 1 for image and dicom cases,
@@ -523,9 +351,14 @@ def read_scan(case: ScanCase) -> Scan:
     missing = next((f for f in case.files if not f.is_file()), None)
     if missing is not None:
         raise InputError(missing, "file not found")
-    if case.kind == "brats" or (case.kind == "image" and _image_extension(case.files[0]) in NIFTI_EXTENSIONS):
-        return _read_nifti_case(case)
-    return _read_sitk_case(case)
+    if case.kind == "dicom":
+        image = read_dicom_series(case.files, case.source)
+    elif len(case.files) == 1:
+        image = read_image(case.files[0], channels=len(MODALITIES) if case.kind == "brats" else 1)
+    else:
+        return _read_modality_files(case)
+    _check_voxels(image.path, image)
+    return Scan(case, image.array, image.affine, image.spacing, _nifti_header=image.header)
 
 
 # ------------------------------------------------------------------------------------------------------------ writing

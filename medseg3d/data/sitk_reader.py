@@ -1,12 +1,14 @@
-"""A MONAI ``ImageReader`` on SimpleITK: DICOM series folders and NRRD/MHA files in ``LoadImage(d)``.
+"""A MONAI ``ImageReader`` over ``medseg3d.data.reader``: DICOM series folders and NRRD/MHA files in ``LoadImage(d)``.
 
-MONAI reads those formats through its ``ITKReader``, which needs the ``itk`` package (about 560 MB). This
-package already reads them with SimpleITK (``medseg3d.data.scans``), so training pipelines use the same
-library through this reader: ``LoadImaged(keys=[...], reader=SimpleITKReader())``. MONAI tries it first and
-falls back to its own readers (nibabel for NIfTI) for the files it does not claim (``verify_suffix``).
+MONAI reads those formats through its ``ITKReader``, which needs the ``itk`` package (about 560 MB). This package
+reads them with SimpleITK in ``medseg3d.data.reader``, and training pipelines use that same reader through this
+class: ``LoadImaged(keys=[...], reader=SimpleITKReader())``. So a DICOM series is read for training exactly as for
+inference, its slice positions checked, and its geometry is the one inference writes labels on. Given as
+``reader=``, MONAI's ``LoadImage`` reads every file through it, NIfTI included (nibabel, the header's affine, as
+``medseg3d.data.reader`` reads it everywhere), and tries its own readers only for a file this one refuses;
+``verify_suffix`` matters where MONAI picks readers by file name.
 
-The affine follows MONAI's convention (RAS world coordinates, as nibabel gives for NIfTI): ITK's LPS
-direction, spacing and origin, with the first two world axes negated.
+The affine follows MONAI's convention (RAS world coordinates): ITK's LPS geometry turned into RAS by the reader.
 """
 
 from __future__ import annotations
@@ -17,14 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
 from monai.data import ImageReader
 from monai.data.utils import is_supported_format
 from monai.utils import MetaKeys, SpaceKeys
 
-from medseg3d.data.scans import sitk_affine_ras
-
-SUFFIXES = ("nrrd", "nhdr", "mha", "mhd")
+from medseg3d.core.constants import ITK_EXTENSIONS
+from medseg3d.data.reader import ImageData, read_image
 
 
 def _names(data: Any) -> list[str]:
@@ -32,32 +32,28 @@ def _names(data: Any) -> list[str]:
 
 
 class SimpleITKReader(ImageReader):
-    """Read DICOM series folders (one series per folder) and NRRD/MHA/MHD files with SimpleITK."""
+    """Read DICOM series folders (one series per folder) and NRRD/MHA/MHD files through ``medseg3d.data.reader``."""
 
     def verify_suffix(self, filename: Sequence[str | os.PathLike] | str | os.PathLike) -> bool:
         """Claims folders (DICOM series) and NRRD/MHA/MHD files, nothing else."""
-        return all(Path(n).is_dir() or is_supported_format(n, list(SUFFIXES)) for n in _names(filename))
+        suffixes = [extension.lstrip(".") for extension in ITK_EXTENSIONS]
+        return all(Path(n).is_dir() or is_supported_format(n, suffixes) for n in _names(filename))
 
     def read(self, data: Sequence[str | os.PathLike] | str | os.PathLike, **kwargs: Any) -> Any:
-        """The SimpleITK image(s) of ``data``; a folder must hold exactly one DICOM series (named if not)."""
-        images = []
-        for name in _names(data):
-            if Path(name).is_dir():
-                reader = sitk.ImageSeriesReader()
-                uids = reader.GetGDCMSeriesIDs(name)
-                if len(uids) != 1:
-                    raise ValueError(f"{name}: expected a folder holding one DICOM series, found {len(uids)}")
-                reader.SetFileNames(reader.GetGDCMSeriesFileNames(name, uids[0]))
-                images.append(reader.Execute())
-            else:
-                images.append(sitk.ReadImage(name))
+        """The image(s) of ``data`` in their stored voxel type (``LoadImage`` casts to its ``dtype``).
+
+        Raises:
+            InputError: as ``medseg3d.data.reader.read_image``, e.g. a folder not holding exactly one DICOM series,
+                or a series whose slices are not evenly spaced.
+        """
+        images = [read_image(name, dtype=None) for name in _names(data)]
         return images if len(images) > 1 else images[0]
 
     def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
-        """Array (X, Y, Z) in ITK index order (several images: stacked on a first channel axis) and meta."""
-        images = img if isinstance(img, list) else [img]
-        arrays = [sitk.GetArrayFromImage(image).transpose(2, 1, 0) for image in images]
-        affine = sitk_affine_ras(images[0])
+        """Array (X, Y, Z) in the file's index order (several images: stacked on a first channel axis) and meta."""
+        images: list[ImageData] = img if isinstance(img, list) else [img]
+        arrays = [image.array[0] for image in images]
+        affine = images[0].affine.copy()
         meta = {
             MetaKeys.AFFINE: affine,
             MetaKeys.ORIGINAL_AFFINE: affine.copy(),

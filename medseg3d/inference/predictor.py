@@ -24,12 +24,10 @@ from monai.transforms import Invertd
 from medseg3d.core.checkpoint_format import load_into
 from medseg3d.core.errors import InputError
 from medseg3d.ops.components import parse_rules, postprocess_labels
-from medseg3d.transforms.array import regions_to_labels
 from medseg3d.transforms.ct import sample_in_slabs
+from medseg3d.transforms.decode import OUTPUT_MODES, logits_to_labels
 
 logger = logging.getLogger(__name__)
-
-OUTPUT_MODES = ("regions", "labels")
 
 
 def resample_labels_in_slabs(
@@ -111,34 +109,6 @@ def load_network_weights(network: torch.nn.Module, checkpoint: str | os.PathLike
     hint = "infer with the network_def and output_mode overrides the model was trained with"
     load_into(network, path, key, hint=hint)
     logger.info("loaded network weights from %s", path)
-
-
-def logits_to_labels(logits: torch.Tensor, output_mode: str) -> np.ndarray:
-    """Network output of one case (shape (K, X, Y, Z)) -> prepared labels (shape (X, Y, Z), uint8).
-
-    ``regions``: one sigmoid per nested BraTS region (WT, TC, ET), each above 0.5, decoded to labels
-    (WT outside TC is ED, TC outside ET is NCR). ``labels``: argmax over the channels (0 is background).
-
-    >>> logits_to_labels(torch.tensor([[[[2.0]]], [[[-1.0]]], [[[-3.0]]]]), "regions").tolist()
-    [[[2]]]
-    >>> logits_to_labels(torch.tensor([[[[0.1, 2.0]]], [[[0.5, -1.0]]]]), "labels").tolist()
-    [[[1, 0]]]
-    """
-
-    if output_mode == "regions":
-        return regions_to_labels((logits > 0).cpu().numpy())  # sigmoid(x) > 0.5 <=> x > 0
-    if output_mode == "labels":
-        # a running maximum over the channels: each step reads one contiguous channel, about 3x faster than
-        # argmax(0) over the strided channel axis of a large volume; ``>`` keeps the first maximum, as argmax
-        logits = logits.cpu()
-        best = logits[0].clone()
-        labels = torch.zeros(logits.shape[1:], dtype=torch.uint8)
-        for channel in range(1, logits.shape[0]):
-            better = logits[channel] > best
-            labels[better] = channel
-            torch.maximum(best, logits[channel], out=best)
-        return labels.numpy()
-    raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
 
 
 class Predictor:

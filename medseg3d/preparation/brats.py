@@ -19,6 +19,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -42,13 +43,16 @@ from medseg3d.core.constants import (
 from medseg3d.core.errors import InputError, check_output_folder
 from medseg3d.core.io import save_nifti, write_json, write_text
 from medseg3d.data.brats import RawCase, detect_edition, find_cases
-from medseg3d.data.folds import assign_folds
-from medseg3d.data.volumes import check_same_grid, read_label, read_volume
-from medseg3d.transforms.array import NormalizeNonZero, PadToDivisible, RemapLabels
+from medseg3d.data.dataset_json import assign_entry_folds, write_dataset_json
+from medseg3d.data.reader import check_same_grid, read_label, read_volume
+from medseg3d.transforms.array import PadToDivisible, RemapLabels
+from medseg3d.transforms.brats import brats_preprocessing
 
 logger = logging.getLogger("prep_brats")
 
 STATE_DIR = ".prep_state"
+GENERATOR = "medseg3d prep_brats"  # dataset.json's "generator"
+_COHORT = re.compile(r"^BraTS-(?P<cohort>[A-Z]+)-\d+-\d+$")  # BraTS 2023 case IDs name their cohort (GLI, MET, ...)
 REPORT_COLUMNS = (
     "case_id",
     "status",
@@ -140,37 +144,42 @@ def prepare_case(case: RawCase, out_dir: str | os.PathLike, edition: BratsEditio
     reference = case.images[MODALITIES[0]]
     stack = None
     affine = None
+    grid = None
     stats: dict[str, float] = {}
     for channel, modality in enumerate(MODALITIES):
         path = case.images[modality]
-        data, file_affine = read_volume(path)
+        volume = read_volume(path)
+        data = volume.array[0]
         if stack is None:
             stack = np.empty((len(MODALITIES), *data.shape), dtype=np.float32)
-            affine = file_affine
+            affine, grid = volume.affine, volume.grid
         else:
-            check_same_grid(path, data.shape, file_affine, reference, stack.shape[1:], affine)
+            check_same_grid(path, volume.grid, reference, grid)
         brain = data != 0
         values = data[brain]
         stats[f"{modality}_mean"] = round(float(values.mean()), 4)
         stats[f"{modality}_std"] = round(float(values.std()), 4)
         stats[f"{modality}_max"] = round(float(values.max()), 4)
         stack[channel] = data
-        del data, brain, values
+        del volume, data, brain, values
 
     seg = None
     if case.seg is not None:
-        seg, seg_affine = read_label(case.seg)
-        check_same_grid(case.seg, seg.shape, seg_affine, reference, stack.shape[1:], affine)
+        label = read_label(case.seg)
+        check_same_grid(case.seg, label.grid, reference, grid)
+        seg = label.array[0]
         try:
             seg = np.asarray(RemapLabels(edition.to_prepared)(seg))
         except ValueError as exc:
             raise InputError(case.seg, f"{exc} (BraTS {edition.name} labels)") from None
 
-    pad = PadToDivisible(divisible)
-    pad_width = pad.pad_width(stack.shape[1:])
+    pad_width = PadToDivisible(divisible).pad_width(stack.shape[1:])
     original_shape = stack.shape[1:]
     brain_voxels = int(np.count_nonzero(np.any(stack != 0, axis=0)))
-    image = np.asarray(pad(NormalizeNonZero()(stack)))
+    # the BraTS preprocessing inference applies too (medseg3d/transforms/brats.py): z-score, zero-padding
+    prepared = {"image": stack} if seg is None else {"image": stack, "label": seg[None]}
+    prepared = brats_preprocessing("image", divisible, label_keys=[k for k in prepared if k == "label"])(prepared)
+    image = np.asarray(prepared["image"])
     del stack
     padded_affine = affine.copy()
     padded_affine[:3, 3] -= affine[:3, :3] @ np.array([before for before, _ in pad_width], dtype=float)
@@ -178,7 +187,7 @@ def prepare_case(case: RawCase, out_dir: str | os.PathLike, edition: BratsEditio
     outputs = _outputs(case)
     label_counts = {}
     if seg is not None:
-        seg = np.asarray(pad(seg[None]))[0].astype(np.uint8)
+        seg = np.asarray(prepared["label"])[0].astype(np.uint8)
         counts = np.bincount(seg.ravel(), minlength=len(PREPARED_LABELS))
         label_counts = {f"{name}_voxels": int(counts[v]) for name, v in PREPARED_LABELS.items() if v}
         save_nifti(seg, padded_affine, out_dir / outputs["label"])
@@ -281,19 +290,32 @@ def _run_cases(todo: list[RawCase], out_dir: Path, edition: BratsEdition, option
                 bar.update()
 
 
+def _tumour_type(case_id: str) -> str | None:
+    """The BraTS 2023 cohort code of a case ID (``BraTS-MET-00110-000`` -> ``MET``), else None.
+
+    >>> _tumour_type("BraTS-PED-00001-000"), _tumour_type("BraTS2021_00000")
+    ('PED', None)
+    """
+    match = _COHORT.match(case_id)
+    return match["cohort"] if match else None
+
+
 def build_dataset(edition: BratsEdition, states: Sequence[dict], options: PrepOptions, raw_dir: Path) -> dict[str, Any]:
-    """The ``dataset.json`` content for the converted cases (``states`` of status ok or skipped)."""
-    train = sorted((s["entry"] for s in states if "label" in s["entry"]), key=lambda e: e["case_id"])
-    test = sorted((s["entry"] for s in states if "label" not in s["entry"]), key=lambda e: e["case_id"])
-    folds = assign_folds(
-        [e["case_id"] for e in train], options.folds, options.seed, {e["case_id"]: e["grade"] for e in train}
-    )
-    for entry in train:
-        entry["fold"] = folds[entry["case_id"]]
+    """The ``dataset.json`` content for the converted cases (``states`` of status ok or skipped).
+
+    What :func:`medseg3d.data.dataset_json.write_dataset_json` writes (it adds ``schema_version`` and the counts):
+    the preparation's records (channels, labels and their inverse mapping, normalization, padding) and one case per
+    entry, training cases with their grade-stratified ``fold``.
+    """
+    entries = [{**s["entry"], "tumour_type": _tumour_type(s["entry"]["case_id"])} for s in states]
+    train = sorted((e for e in entries if "label" in e), key=lambda e: e["case_id"])
+    test = sorted((e for e in entries if "label" not in e), key=lambda e: e["case_id"])
+    train = assign_entry_folds(train, options.folds, options.seed, stratify_by="grade")
     channels = {str(i): m for i, m in enumerate(MODALITIES)}
     return {
         "name": f"BraTS{edition.name}",
         "description": f"BraTS {edition.name} prepared by medseg3d prep_brats from {raw_dir}",
+        "generator": GENERATOR,
         "edition": edition.name,
         "tensorImageSize": "4D",
         "channel_names": channels,
@@ -307,8 +329,6 @@ def build_dataset(edition: BratsEdition, states: Sequence[dict], options: PrepOp
         "padding": {"divisible": options.divisible, "method": "symmetric", "value": 0, "per_case_key": "pad"},
         "folds": options.folds,
         "seed": options.seed,
-        "numTraining": len(train),
-        "numTest": len(test),
         "training": train,
         "test": test,
     }
@@ -363,15 +383,14 @@ def prep_brats(
 
     ordered = [states[case.case_id] for case in cases]
     converted = [s for s in ordered if s["row"]["status"] != "rejected"]
-    dataset = build_dataset(edition, converted, options, raw_dir)
+    dataset = write_dataset_json(out_dir, build_dataset(edition, converted, options, raw_dir))
     folds = {e["case_id"]: e["fold"] for e in dataset["training"]}
     rows = [{**s["row"], "fold": folds.get(s["row"]["case_id"], "")} for s in ordered]
-    write_json(dataset, out_dir / "dataset.json")
     write_text(_report_csv(rows), out_dir / "prep_report.csv")
     return PrepResult(rows=rows, dataset=dataset)
 
 
-def summarize(result: PrepResult) -> str:
+def format_report(result: PrepResult) -> str:
     """A few lines for the terminal: counts per status and split, and each rejection's reason."""
     counts: dict[str, int] = {}
     for row in result.rows:

@@ -44,21 +44,20 @@ from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.data.utils import json_hashing
 from monai.transforms import Compose
 
+from medseg3d.core.errors import InputError
+from medseg3d.data.reader import image_extension, read_info
 from medseg3d.transforms.compose import is_random
 
 logger = logging.getLogger(__name__)
 
 CACHE_MODES = ("memory", "disk", "none")
 GIB = 2**30
-# Files whose header nibabel reads without touching the voxel data.
-_HEADER_SUFFIXES = (".nii", ".nii.gz", ".mgh", ".mgz")
 
 
 def cache_num_for_budget(case_bytes: Sequence[int], budget_bytes: float) -> int:
@@ -85,14 +84,17 @@ def cache_num_for_budget(case_bytes: Sequence[int], budget_bytes: float) -> int:
 def _image_paths(value: Any) -> list[Path]:
     if isinstance(value, str | os.PathLike):
         path = Path(value)
-        return [path] if path.name.lower().endswith(_HEADER_SUFFIXES) else []
+        return [path] if image_extension(path) else []
     if isinstance(value, list | tuple):
         return [path for v in value for path in _image_paths(v)]
     return []
 
 
 def header_voxels(item: Mapping[str, Any]) -> int | None:
-    """Voxels (times channels) of every NIfTI/MGH file ``item`` names, from the headers alone.
+    """Voxels (times channels) of every image file ``item`` names, from the headers alone.
+
+    The files are those ``medseg3d.data.reader`` reads (NIfTI, NRRD, MHA/MHD), through its ``read_info`` (no voxel
+    data read); a DICOM series folder is not counted (its grid needs every slice).
 
     Args:
         item: a datalist entry such as ``{"image": "a.nii.gz", "label": "b.nii.gz", "case_id": "x"}``;
@@ -109,10 +111,10 @@ def header_voxels(item: Mapping[str, Any]) -> int | None:
     total = 0
     for path in paths:
         try:
-            shape = nib.load(path).header.get_data_shape()
-        except (OSError, ValueError, nib.filebasedimages.ImageFileError):
+            info = read_info(path, channels=None)
+        except InputError:
             return None
-        total += math.prod(int(n) for n in shape)
+        total += math.prod(info.grid.shape) * info.channels
     return total
 
 

@@ -1,13 +1,23 @@
-"""Validation wiring: post-processing of network outputs and Dice per region or label."""
+"""Validation wiring: the postprocessing ``medseg3d infer`` ships, encoded for the metrics, and Dice per region
+or label.
+
+Validation scores what inference writes: the bundles validate with the inferer ``medseg3d infer`` uses (declared
+once, in ``common.yaml``) and with ``postprocessing`` below, which decodes the logits exactly as the predictor
+does (``medseg3d.transforms.decode.logits_to_labels``) and applies the same connected-component rules
+(``postprocess`` in ``common.yaml``) before the label map is encoded as regions or one-hot for Dice.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from monai.handlers import MeanDice, from_engine
-from monai.transforms import Activationsd, AsDiscreted, Compose
+from monai.transforms import AsDiscreted, Compose
 
 from medseg3d.core.constants import PREPARED_LABELS, REGIONS
+from medseg3d.transforms.decode import LogitsToLabelsd
+from medseg3d.transforms.dictionary import ConnectedComponentsd, LabelsToRegionsd
 
 
 def output_names(output_mode: str, label_names: Sequence[str] | None = None) -> list[str]:
@@ -29,15 +39,43 @@ def output_names(output_mode: str, label_names: Sequence[str] | None = None) -> 
     raise ValueError(f"output_mode must be 'regions' or 'labels', got {output_mode!r}")
 
 
-def postprocessing(output_mode: str, label_names: Sequence[str] | None = None) -> Compose:
-    """Logits to binary masks: sigmoid > 0.5 per region, or argmax one-hot over labels (label one-hot too)."""
+def postprocessing(
+    output_mode: str,
+    label_names: Sequence[str] | None = None,
+    rules: Mapping[Any, Mapping[str, Any]] | None = None,
+) -> Compose:
+    """Logits to the label map ``medseg3d infer`` writes, encoded as binary channels for Dice.
+
+    ``pred`` (K, X, Y, Z) is decoded as the predictor decodes it (regions: each logit above 0, nested regions to
+    labels; labels: argmax), cleaned by the connected-component ``rules`` the predictor applies (label value or
+    ``"all"`` -> ``{keep_largest: k, min_size: n, fill_holes: true}``, ``medseg3d.ops.components``; None or
+    empty: none), and encoded again: regions mode as WT, TC, ET channels (3, X, Y, Z), labels mode as a
+    one-hot over background and labels (K, X, Y, Z), the ``label`` entry one-hot too.
+
+    Args:
+        output_mode: ``regions`` or ``labels``.
+        label_names: the foreground labels in value order (labels mode; default the prepared BraTS labels).
+        rules: the bundle's ``postprocess`` rules, checked here, so a typo fails when the workflow is built.
+
+    Example:
+        >>> import torch
+        >>> logits = -torch.ones(3, 6, 5, 4)
+        >>> logits[:, :2] = 1.0  # a slab of enhancing tumour (WT, TC and ET on)
+        >>> logits[:, 5, 4, 3] = 1.0  # and a speck
+        >>> out = postprocessing("regions", rules={"all": {"keep_largest": 1}})({"pred": logits})
+        >>> tuple(out["pred"].shape), [int(c.sum()) for c in out["pred"]]
+        ((3, 6, 5, 4), [40, 40, 40])
+    """
     names = output_names(output_mode, label_names)
+    transforms: list = [LogitsToLabelsd(keys="pred", output_mode=output_mode)]
+    if rules:
+        transforms.append(ConnectedComponentsd(keys="pred", rules=rules))
     if output_mode == "regions":
-        return Compose([Activationsd(keys="pred", sigmoid=True), AsDiscreted(keys="pred", threshold=0.5)])
-    classes = len(names) + 1
-    return Compose(
-        [AsDiscreted(keys="pred", argmax=True, to_onehot=classes), AsDiscreted(keys="label", to_onehot=classes)]
-    )
+        transforms.append(LabelsToRegionsd(keys="pred"))
+    else:
+        classes = len(names) + 1
+        transforms += [AsDiscreted(keys="pred", to_onehot=classes), AsDiscreted(keys="label", to_onehot=classes)]
+    return Compose(transforms)
 
 
 def _channel(index: int):

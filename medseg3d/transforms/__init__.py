@@ -12,7 +12,9 @@ from medseg3d.transforms.array import (
     RandTorchGaussianNoise,
     RemapLabels,
 )
+from medseg3d.transforms.brats import brats_preprocessing
 from medseg3d.transforms.compose import TrainCompose
+from medseg3d.transforms.decode import LogitsToLabels, LogitsToLabelsd, background_logits, logits_to_labels
 from medseg3d.transforms.dictionary import (
     CentreSliced,
     CheckFinited,
@@ -39,6 +41,8 @@ __all__ = [
     "CropPaddingd",
     "LabelsToRegions",
     "LabelsToRegionsd",
+    "LogitsToLabels",
+    "LogitsToLabelsd",
     "NormalizeNonZero",
     "NormalizeNonZerod",
     "PadToDivisible",
@@ -52,5 +56,8 @@ __all__ = [
     "SlicesToVolume",
     "SlicesToVolumed",
     "TrainCompose",
+    "background_logits",
+    "brats_preprocessing",
+    "logits_to_labels",
     "slab_size",
 ]

@@ -75,7 +75,7 @@ class CheckFinite(Transform):
         >>> CheckFinite()(bad)
         Traceback (most recent call last):
         ...
-        medseg3d.core.errors.InputError: ct_007.nii.gz: 1 NaN or infinite voxel(s): expected finite intensities
+        medseg3d.core.errors.InputError: ct_007.nii.gz: 1 voxels are NaN or Inf; expected finite values
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
@@ -85,7 +85,7 @@ class CheckFinite(Transform):
         if not bool(finite.all()):
             name = img.meta.get("filename_or_obj") if isinstance(img, MetaTensor) else None
             bad = int((~finite).sum())
-            raise InputError(name or None, f"{bad} NaN or infinite voxel(s): expected finite intensities")
+            raise InputError(name or None, f"{bad} voxels are NaN or Inf; expected finite values")
         return img
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from medseg3d.bundle.crossval import best_row, parse_folds, summarize
+from medseg3d.bundle.crossval import best_row, parse_folds, write_cv_summary
 from medseg3d.core.errors import InputError
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "brats_mri_resunet_3d"
@@ -64,7 +64,7 @@ def test_summary_takes_each_folds_best_epoch(tmp_path: Path) -> None:
     b = _metrics(tmp_path / "fold_1", [{"epoch": "1", "train_loss": "1", "val_mean_dice": "0.9", "val_dice_WT": "0.5"}])
     assert best_row(a / "metrics.csv") == {"epoch": 3, "val_mean_dice": 0.7, "val_dice_WT": 0.9}
 
-    summary = summarize({0: a, 1: b}, tmp_path)
+    summary = write_cv_summary({0: a, 1: b}, tmp_path)
     assert summary["mean"]["val_mean_dice"] == pytest.approx(0.8)
     assert summary["std"]["val_mean_dice"] == pytest.approx(statistics.stdev([0.7, 0.9]))
     assert summary["mean"]["val_dice_WT"] == pytest.approx(0.7)
@@ -78,7 +78,7 @@ def test_summary_takes_each_folds_best_epoch(tmp_path: Path) -> None:
 def test_summary_refuses_a_fold_never_validated(tmp_path: Path) -> None:
     a = _metrics(tmp_path / "fold_0", [{"epoch": "1", "train_loss": "1.0", "val_mean_dice": "", "val_dice_WT": ""}])
     with pytest.raises(InputError, match="fold 0 has no validated epoch"):
-        summarize({0: a}, tmp_path)
+        write_cv_summary({0: a}, tmp_path)
 
 
 def test_train_all_folds_from_the_command_line(tiny_prepared: Path, tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""The ``multi_gpu_train`` overlay: two gloo processes under ``torchrun`` train an epoch; rank 0 alone writes."""
+"""Every bundle's ``multi_gpu_train`` overlay: two gloo processes under ``torchrun`` train an epoch; rank 0 alone
+writes."""
 
 from __future__ import annotations
 
@@ -7,20 +8,20 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from monai.bundle import ConfigParser
 
 from medseg3d.core.checkpoint_format import load_checkpoint
-from medseg3d.networks import res_unet
 
-BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "brats_mri_resunet_3d"
+BUNDLES = ["brats_mri_resunet_3d", "brats_mri_slicestack_2p5d", "ct_aorta_resunet_3d"]
 CONFIGS = ["configs/common.yaml", "configs/train.yaml"]
 DDP_CONFIGS = [*CONFIGS, "configs/multi_gpu_train.yaml"]
-TINY = {"roi_size": [32, 32, 32], "num_workers": 0, "network_def#channels": [4, 8, 16], "network_def#strides": [2, 2]}
 # 4 tiny cases in 2 folds: 2 training cases, one per rank and epoch; 2 validation cases, one per rank.
-EPOCH = {"max_epochs": 1, "val_interval": 1, "batch_size": 1}
+EPOCH = {"max_epochs": 1, "val_interval": 1, "batch_size": 1, "num_workers": 0}
 
 
 # Loaded by every worker through PYTHONPATH: on ranks > 0, an audit hook notes each file opened for
@@ -54,13 +55,25 @@ if os.environ.get("RANK", "0") != "0" and "WATCH_DIR" in os.environ:
 """
 
 
-@pytest.fixture(scope="module")
-def ddp_run(tiny_prepared: Path, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
-    root = tmp_path_factory.mktemp("ddp")
+@dataclass
+class DDPRun:
+    """One bundle's two-rank run: the finished ``torchrun`` command, its run folder, the bundle and its tiny data."""
+
+    result: subprocess.CompletedProcess
+    run_dir: Path
+    bundle: Path
+    dataset: Path
+    tiny: dict
+
+
+@pytest.fixture(scope="module", params=BUNDLES)
+def ddp_run(request, tiny_bundle, tmp_path_factory) -> DDPRun:
+    bundle, dataset, tiny = tiny_bundle(request.param)
+    root = tmp_path_factory.mktemp(f"ddp_{request.param}")
     run_dir = root / "run"
     (root / "hooks").mkdir()
     (root / "hooks" / "sitecustomize.py").write_text(WATCH_WRITES)
-    overrides = {"dataset_dir": str(tiny_prepared), "output_dir": str(run_dir), **TINY, **EPOCH}
+    overrides = {"dataset_dir": str(dataset), "output_dir": str(run_dir), **tiny, **EPOCH}
     args = [part for key, value in overrides.items() for part in (f"--{key}", str(value))]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2"]
     command = [*torchrun, "-m", "monai.bundle", "run", "--config_file", str(DDP_CONFIGS), *args]
@@ -71,8 +84,17 @@ def ddp_run(tiny_prepared: Path, tmp_path_factory) -> tuple[subprocess.Completed
         "WATCH_DIR": str(run_dir),
         "WATCH_LOG": str(root / "writes_by_other_ranks.txt"),
     }
-    result = subprocess.run(command, cwd=BUNDLE, env=env, capture_output=True, text=True, timeout=600)
-    return result, run_dir
+    result = subprocess.run(command, cwd=bundle, env=env, capture_output=True, text=True, timeout=600)
+    return DDPRun(result, run_dir, bundle, dataset, tiny)
+
+
+def _parser(run: DDPRun, **overrides) -> ConfigParser:
+    """The bundle's training config, single process on the CPU, with the run's tiny overrides."""
+    parser = ConfigParser()
+    parser.read_config([str(run.bundle / name) for name in CONFIGS])
+    cpu = {"device": "$torch.device('cpu')", "amp": False}
+    parser.update({"dataset_dir": str(run.dataset), **run.tiny, "num_workers": 0, **cpu, **overrides})
+    return parser
 
 
 def _files(run_dir: Path) -> list[str]:
@@ -84,8 +106,8 @@ def _metrics(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_two_ranks_train_one_epoch_and_only_rank0_writes(ddp_run) -> None:
-    result, run_dir = ddp_run
+def test_two_ranks_train_one_epoch_and_only_rank0_writes(ddp_run: DDPRun) -> None:
+    result, run_dir = ddp_run.result, ddp_run.run_dir
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "rank 0 of 2 on cpu (gloo" in output and "rank 1 of 2 on cpu (gloo" in output
@@ -113,27 +135,25 @@ def test_two_ranks_train_one_epoch_and_only_rank0_writes(ddp_run) -> None:
     assert json.loads((run_dir / "run.json").read_text())["overrides"]["max_epochs"] == 1
 
 
-def test_checkpoint_loads_into_a_plain_network(ddp_run) -> None:
-    result, run_dir = ddp_run
+def test_checkpoint_loads_into_a_plain_network(ddp_run: DDPRun, tmp_path: Path) -> None:
+    result, run_dir = ddp_run.result, ddp_run.run_dir
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")  # torch.load(weights_only=True)
     assert last["trainer"]["epoch"] == 1 and last["trainer"]["iteration"] == 1
     assert not [key for key in last["network"] if key.startswith("module.")]
-    net = res_unet(4, 3, channels=(4, 8, 16), strides=(2, 2))
+    parser = _parser(ddp_run, output_dir=str(tmp_path))
+    net = parser.get_parsed_content("network_def")
     net.load_state_dict(last["network"])  # strict: every key of the plain network, no more
-    assert net(torch.zeros(1, 4, 32, 32, 32)).shape == (1, 3, 32, 32, 32)
+    roi_size = list(ddp_run.tiny["roi_size"])
+    in_channels, out_channels = (parser.get_parsed_content(key) for key in ("in_channels", "out_channels"))
+    assert net(torch.zeros(1, in_channels, *roi_size)).shape == (1, out_channels, *roi_size)
 
 
-def test_validation_scores_all_cases_across_ranks(ddp_run, tiny_prepared: Path, tmp_path: Path) -> None:
+def test_validation_scores_all_cases_across_ranks(ddp_run: DDPRun, tmp_path: Path) -> None:
     """Each rank validated one case; the recorded Dice is that of both, as one process scores them."""
-    from monai.bundle import ConfigParser
-
-    result, run_dir = ddp_run
+    result, run_dir = ddp_run.result, ddp_run.run_dir
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    parser = ConfigParser()
-    parser.read_config([str(BUNDLE / name) for name in CONFIGS])
-    cpu = {"device": "$torch.device('cpu')", "amp": False}
-    parser.update({"dataset_dir": str(tiny_prepared), "output_dir": str(tmp_path), **TINY, **cpu})
+    parser = _parser(ddp_run, output_dir=str(tmp_path))
     # last.pt is written after the epoch's validation: the weights that were scored.
     weights = load_checkpoint(run_dir / "checkpoints" / "last.pt")["network"]
     parser.get_parsed_content("network").load_state_dict(weights)

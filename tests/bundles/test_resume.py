@@ -1,4 +1,5 @@
-"""A run stopped by SIGINT/SIGTERM and resumed ends with the same weights and metrics as one never stopped."""
+"""A run stopped by SIGINT/SIGTERM and resumed ends with the same weights and metrics as one never stopped: every
+bundle in process; the 3D BraTS bundle also from the command line, and its refusals."""
 
 from __future__ import annotations
 
@@ -19,7 +20,15 @@ from medseg3d.core.checkpoint_format import load_checkpoint
 from medseg3d.core.errors import InputError
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "brats_mri_resunet_3d"
+# The 2.5D cases are slow only because the fast suite already resumes that bundle mid-epoch
+# (tests/bundles/test_slicestack_2p5d.py::test_interrupt_then_resume_equals_uninterrupted).
+BUNDLES = [
+    pytest.param("brats_mri_resunet_3d", id="brats_mri_resunet_3d"),
+    pytest.param("brats_mri_slicestack_2p5d", id="brats_mri_slicestack_2p5d", marks=pytest.mark.slow),
+    pytest.param("ct_aorta_resunet_3d", id="ct_aorta_resunet_3d"),
+]
 # 2 training cases, batch 1: 2 iterations per epoch, so a stop can fall mid-epoch.
+RUN = {"max_epochs": 3, "val_interval": 1, "num_workers": 0, "batch_size": 1, "prob_noise": 0.5, "prob_flip": 0.5}
 TINY = {
     "max_epochs": 3, "val_interval": 1, "roi_size": [32, 32, 32], "num_workers": 0, "batch_size": 1,
     "network_def#channels": [4, 8, 16], "network_def#strides": [2, 2], "prob_noise": 0.5, "prob_flip": 0.5,
@@ -32,13 +41,28 @@ def _metrics(run_dir: Path) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_prepared: Path, tmp_path_factory) -> Path:
-    """The uninterrupted run."""
-    run_dir = tmp_path_factory.mktemp("reference") / "run"
-    run_bundle(BUNDLE, "train", {**TINY, "dataset_dir": str(tiny_prepared), "output_dir": str(run_dir)})
-    return run_dir
+def references(tiny_bundle, tmp_path_factory):
+    """``references(bundle_name)`` -> the uninterrupted run of that bundle on its tiny data (trained on first use)."""
+    runs: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in runs:
+            bundle, dataset, tiny = tiny_bundle(name)
+            run_dir = tmp_path_factory.mktemp(f"reference_{name}") / "run"
+            run_bundle(bundle, "train", {**tiny, **RUN, "dataset_dir": str(dataset), "output_dir": str(run_dir)})
+            runs[name] = run_dir
+        return runs[name]
+
+    return get
 
 
+@pytest.fixture(scope="module")
+def reference(references) -> Path:
+    """The uninterrupted run of the 3D BraTS bundle (``TINY``)."""
+    return references("brats_mri_resunet_3d")
+
+
+@pytest.mark.parametrize("name", BUNDLES)
 @pytest.mark.parametrize(
     "event, signum, stopped_at",
     [
@@ -49,11 +73,12 @@ def reference(tiny_prepared: Path, tmp_path_factory) -> Path:
     ],
 )
 def test_interrupt_then_resume_equals_uninterrupted(
-    tiny_prepared: Path, tmp_path: Path, reference: Path, event, signum: int, stopped_at: int, assert_same_run
+    tiny_bundle, references, tmp_path: Path, name: str, event, signum: int, stopped_at: int, assert_same_run
 ) -> None:
+    bundle, dataset, tiny = tiny_bundle(name)
     run_dir = tmp_path / "run"
-    overrides = {**TINY, "dataset_dir": str(tiny_prepared), "output_dir": str(run_dir)}
-    workflow = make_workflow(BUNDLE, "train", overrides)
+    overrides = {**tiny, **RUN, "dataset_dir": str(dataset), "output_dir": str(run_dir)}
+    workflow = make_workflow(bundle, "train", overrides)
     workflow.initialize()
     trainer = workflow.parser.get_parsed_content("train#trainer")
     trainer.add_event_handler(event, lambda: os.kill(os.getpid(), signum))
@@ -67,8 +92,8 @@ def test_interrupt_then_resume_equals_uninterrupted(
     assert last["trainer"]["iteration"] == stopped_at
     assert len(_metrics(run_dir)) == stopped_at // 2  # only completed epochs have rows
 
-    run_workflow(make_workflow(BUNDLE, "train", {**overrides, "resume": True}))
-    assert_same_run(reference, run_dir)
+    run_workflow(make_workflow(bundle, "train", {**overrides, "resume": True}))
+    assert_same_run(references(name), run_dir)
     record = json.loads((run_dir / "run.json").read_text())
     assert [r["iteration"] for r in record["resumed"]] == [stopped_at]
 

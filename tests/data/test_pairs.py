@@ -19,7 +19,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
 from medseg3d.cli import main
 from medseg3d.core.errors import InputError
-from medseg3d.data.dataset_json import fold_datalists
+from medseg3d.data.dataset_json import SCHEMA_VERSION, fold_datalists, read_dataset_json
 from medseg3d.data.pairs import DatalistError, build_datalist, find_pairs
 from medseg3d.data.synth_ct import write_ct_cases
 
@@ -70,6 +70,9 @@ def test_decathlon_nifti_trains_and_loads(tmp_path: Path) -> None:
     content = _json(root)
     assert content["modality"] == {"0": "image"}  # NIfTI says nothing of the modality
     assert content["numTraining"] == 4 and content["folds"] == 2 and content["rejected"] == []
+    assert (content["schema_version"], content["generator"]) == (SCHEMA_VERSION, "medseg3d datalist")
+    assert list(content)[0] == "schema_version" and read_dataset_json(root) == content
+    assert content["training"] == result.entries
     validation = _check_folds(root, 2)
     assert sorted(e["case_id"] for e in validation) == ["ct_000", "ct_001", "ct_002", "ct_003"]
     loaded = _load(validation[0])
@@ -181,8 +184,10 @@ def _break(root: Path) -> dict[str, str]:
     shutil.copy(labels / "ct_000.nii.gz", labels / "orphan.nii.gz")
     return {
         "imagesTr/ct_001.nii.gz": "no label for this image; expected labelsTr/ct_001.nii.gz",
-        "labelsTr/ct_002.nii.gz": "not on the grid of its image ct_002.nii.gz: spacing (1, 1, 3) mm",
-        "labelsTr/ct_003.nii.gz": "not on the grid of its image ct_003.nii.gz: size (16, 14, 10) vs (32, 28, 20)",
+        "labelsTr/ct_002.nii.gz": "not on the grid of its image ../imagesTr/ct_002.nii.gz (spacings differ): spacing "
+        "(1, 1, 3) vs",
+        "labelsTr/ct_003.nii.gz": "not on the grid of its image ../imagesTr/ct_003.nii.gz (shapes differ; spacings "
+        "differ): shape (16, 14, 10) vs (32, 28, 20)",
         "labelsTr/ct_004.nii.gz": "non-integer label values such as 0.5; expected non-negative integers",
         "labelsTr/ct_005.nii.gz": "negative label values such as -1; expected non-negative integers",
         "imagesTr/ct_006.nii.gz": "cannot read as NIfTI",

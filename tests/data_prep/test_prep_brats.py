@@ -17,12 +17,13 @@ from monai.data import load_decathlon_datalist
 from monai.transforms import EnsureChannelFirst, LoadImage
 
 from data_prep.prep_brats import main
-from medseg3d.preparation.brats import PrepOptions, prep_brats
 from medseg3d.core.constants import EDITIONS, MODALITIES, REGIONS
 from medseg3d.core.errors import InputError
 from medseg3d.core.io import save_nifti
 from medseg3d.data.brats import find_cases
+from medseg3d.data.dataset_json import SCHEMA_VERSION, read_dataset_json
 from medseg3d.data.synth_brats import write_brats_tree
+from medseg3d.preparation.brats import PrepOptions, prep_brats
 from medseg3d.transforms.array import CropPadding, RemapLabels
 
 SHAPE = (48, 40, 31)
@@ -57,6 +58,19 @@ def test_every_edition_round_trips(tmp_path: Path, edition: str) -> None:
     assert ds["channel_names"] == {"0": "t1", "1": "t1ce", "2": "t2", "3": "flair"}
     assert ds["regions"] == {k: list(v) for k, v in REGIONS.items()}
     assert {int(k): v for k, v in ds["source_label_values"].items()} == EDITIONS[edition].to_source
+    # The one dataset.json schema (docs/data.md): every documented key, read back by the training reader.
+    documented = set(
+        "schema_version name description generator edition tensorImageSize channel_names modality source_suffixes "
+        "labels label_descriptions source_label_values regions normalization padding folds seed numTraining numTest "
+        "training test".split()
+    )
+    assert documented <= set(ds) and list(ds)[0] == "schema_version"
+    assert (ds["schema_version"], ds["generator"]) == (SCHEMA_VERSION, "medseg3d prep_brats")
+    assert read_dataset_json(out) == ds
+    case_keys = {"case_id", "image", "grade", "tumour_type", "original_shape", "pad", "source"}
+    assert all(set(e) == case_keys | {"label", "fold"} for e in ds["training"])
+    assert all(set(e) == case_keys for e in ds["test"])
+    assert all(e["tumour_type"] == ("GLI" if edition == "2023" else None) for e in ds["training"] + ds["test"])
 
     training = load_decathlon_datalist(str(out / "dataset.json"), is_segmentation=True, data_list_key="training")
     test = load_decathlon_datalist(str(out / "dataset.json"), is_segmentation=False, data_list_key="test")

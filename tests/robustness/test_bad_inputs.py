@@ -147,7 +147,7 @@ BAD_INPUTS: tuple[BadInput, ...] = (
     BadInput("train_missing_image", "train", "dataset.json listing an image that does not exist", "error",
              "but missing"),
     BadInput("train_nan_image", "train", "dataset.json listing a NIfTI image with NaN voxels (datalist reads only "
-             "headers)", "accepted", "SimpleITK's NIfTI reader returns NaN voxels as 0: one epoch, finite loss"),
+             "headers)", "error", "NaN or Inf; expected finite values"),
     BadInput("train_unwritable_output", "train", "--output_dir that cannot be created", "error",
              "expected a folder that can be created and written"),
     # medseg3d infer over one folder with every case below plus a good one (exit code 1)
@@ -668,6 +668,17 @@ def _train_missing_image(tmp: Path, dataset: Path) -> None:
     assert not (tmp / "run" / "checkpoints").exists()
 
 
+def _train_nan_image(tmp: Path, dataset: Path) -> None:
+    # training reads images through the one reader, which refuses NaN as preparation and inference do
+    data = corpus.copy_tree(dataset, tmp / "data")
+    content = json.loads((data / "dataset.json").read_text())
+    image = data / next(e["image"] for e in content["training"] if e["fold"] != 0)  # trained on in fold 0
+    hu, matrix = corpus.read(image)
+    corpus.write_nifti(image, corpus.with_nan(hu), matrix)
+    assert_error(_train(data, tmp / "run", "--cache", "none"), _BY_ID["train_nan_image"], image)
+    assert not (tmp / "run" / "checkpoints" / "last.pt").exists()
+
+
 def _train_unwritable_output(tmp: Path, dataset: Path) -> None:
     out = unwritable(tmp)
     assert_error(_train(dataset, out), _BY_ID["train_unwritable_output"], out)
@@ -675,12 +686,13 @@ def _train_unwritable_output(tmp: Path, dataset: Path) -> None:
 
 def test_train_on_odd_but_valid_images(tmp_path: Path, datalist_batch: dict[str, Any]) -> None:
     """One tiny epoch on the pairs datalist accepted (int8, float64, oblique, 0.7 x 0.7 x 3 mm, a DICOM folder with
-    stray files, odd names, NaN voxels): it runs to the end with a finite loss."""
+    stray files, odd names): it runs to the end with a finite loss."""
     data = datalist_batch["root"]
     content = json.loads((data / "dataset.json").read_text())
-    # the image with NaN voxels is listed (header only read) and trained on: the bundle's SimpleITK reader
-    # returns them as 0 (train_nan_image); a reader that keeps NaN meets CheckFinited, which names the file
-    assert any(e["case_id"] == datalist_batch["faults"]["datalist_image_nan"][0] for e in content["training"])
+    # the image with NaN voxels is listed (header only read) but refused by training's reader (train_nan_image)
+    nan_case = datalist_batch["faults"]["datalist_image_nan"][0]
+    assert any(e["case_id"] == nan_case for e in content["training"])
+    content["training"] = [e for e in content["training"] if e["case_id"] != nan_case]
     content["rejected"] = []
     (tmp_path / "data").mkdir()
     for entry in content["training"]:

@@ -31,12 +31,12 @@ import pytest
 import torch
 
 import medseg3d.core.io as io
-from medseg3d.preparation.brats import PrepOptions, prep_brats
 from data_prep.prep_brats import main as prep_main
 from medseg3d.cli import main
 from medseg3d.core.checkpoint_format import load_checkpoint, save_checkpoint
 from medseg3d.data.synth_brats import write_brats_tree
 from medseg3d.networks import res_unet
+from medseg3d.preparation.brats import PrepOptions, prep_brats
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "brats_mri_resunet_3d"

@@ -17,21 +17,10 @@ from ignite.engine import Engine, Events
 
 from medseg3d.core.constants import CASE_ID
 from medseg3d.core.io import save_nifti, write_json, write_text
+from medseg3d.metrics import summary_statistics
 from medseg3d.transforms.array import regions_to_labels
 
 logger = logging.getLogger(__name__)
-
-
-def summarize(values: Sequence[float]) -> dict[str, float | int | None]:
-    """Mean, standard deviation (population, ddof 0) and count of the finite values; None when there are none.
-
-    >>> summarize([0.5, 1.0, float("nan")])
-    {'mean': 0.75, 'std': 0.25, 'n': 2}
-    """
-    finite = np.array([v for v in values if math.isfinite(v)], dtype=np.float64)
-    if not finite.size:
-        return {"mean": None, "std": None, "n": 0}
-    return {"mean": float(finite.mean()), "std": float(finite.std()), "n": int(finite.size)}
 
 
 def _cell(value: float) -> str:
@@ -44,7 +33,7 @@ class EvalReport:
     - ``per_case.csv``: one row per case, ``case_id`` and every metric of the evaluator for that case, named
       without the ``val_`` prefix (``dice_WT, dice_TC, dice_ET, mean_dice``); a region absent from the
       ground truth has no Dice (MONAI's ``ignore_empty``): its cell is empty and ``mean_dice`` averages the rest.
-    - ``summary.json``: ``mean``, ``std`` and ``n`` of every column over the cases where it is defined,
+    - ``summary.json``: ``mean``, ``std`` (ddof 0) and ``n`` of every column over the cases where it is defined,
       ``evaluator_metrics`` as MONAI aggregates them (the ``val_`` numbers of training's ``metrics.csv``),
       the number of cases, and ``info`` (checkpoint, fold, ... as given).
     - ``predictions/<case_id>.nii.gz`` with ``save_predictions``: the predicted label map (prepared labels
@@ -126,7 +115,7 @@ class EvalReport:
         write_text(buffer.getvalue(), self.output_dir / "per_case.csv")
         summary = {
             "cases": len(rows),
-            "metrics": {column: summarize([row[column] for row in rows]) for column in columns},
+            "metrics": {column: summary_statistics([row[column] for row in rows]) for column in columns},
             "evaluator_metrics": {k: float(v) for k, v in engine.state.metrics.items() if np.ndim(v) == 0},
             "info": self.info,
         }

@@ -89,11 +89,15 @@ class GracefulStop:
         for signum in SIGNALS:
             self._previous[signum] = signal.signal(signum, self._on_signal)
 
-    def _uninstall(self, engine: Engine, *args: Any) -> None:
+    def _uninstall(self, engine: Engine, error: BaseException | None = None) -> None:
         if threading.current_thread() is threading.main_thread():
             for signum, handler in self._previous.items():
                 signal.signal(signum, handler)
         self._previous = {}
+        if error is not None:
+            # ignite hands an exception to the EXCEPTION_RAISED handlers instead of raising it: raise it again,
+            # or a crash (or a second Ctrl+C) would end trainer.run() as if training had finished
+            raise error
 
     def _maybe_stop(self, engine: Engine) -> None:
         accumulation = max(1, int(getattr(engine, "accumulation_steps", 1) or 1))

@@ -171,8 +171,10 @@ class RunRecord:
                 logger.warning("no bundle configuration found; config.json not written")
         write_json(record, record_path)
 
-    def _close_log(self, engine: Engine, *args: Any) -> None:
+    def _close_log(self, engine: Engine, error: BaseException | None = None) -> None:
         if self._log_handler is not None:
             logging.getLogger().removeHandler(self._log_handler)
             self._log_handler.close()
             self._log_handler = None
+        if error is not None:
+            raise error  # ignite hands it to the EXCEPTION_RAISED handlers instead of raising it

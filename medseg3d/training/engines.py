@@ -1,0 +1,208 @@
+"""The standard wiring of a bundle's MONAI engines: the trainer's handlers, the validation evaluator and the
+evaluate overlay's handlers, named by ``_target_`` so every bundle shares them.
+
+Rank-aware by construction: under ``torch.distributed`` every rank validates and takes part in the stop
+decision, rank 0 alone writes (records, checkpoints, logs, TensorBoard), and validation runs the plain module,
+without DDP's collectives per forward. In a single process (rank 0) every handler is attached.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from ignite.engine import Engine
+from monai.engines import SupervisedEvaluator
+from monai.handlers import (
+    LrScheduleHandler,
+    StatsHandler,
+    TensorBoardStatsHandler,
+    ValidationHandler,
+    from_engine,
+)
+from monai.inferers import Inferer
+from torch.nn.parallel import DistributedDataParallel
+
+from medseg3d.core.ranks import get_rank
+from medseg3d.training.handlers import (
+    Checkpoints,
+    Curves,
+    EvalReport,
+    GracefulStop,
+    LoadWeights,
+    MetricsCSV,
+    RunRecord,
+)
+from medseg3d.training.rank_handlers import handlers_for_rank
+
+KEY_METRIC = "val_mean_dice"
+
+
+class TrainHandlers:
+    """The handlers of a bundle's ``SupervisedTrainer``, built from a few objects, in the order they attach:
+
+    ``RunRecord`` (config, overrides, versions, log file), ``LrScheduleHandler`` (the schedule steps every
+    iteration), ``ValidationHandler`` (``evaluator`` every ``val_interval`` epochs), ``StatsHandler`` and
+    ``TensorBoardStatsHandler`` (the training loss), ``MetricsCSV``, ``Curves``, ``Checkpoints`` and
+    ``GracefulStop``. ``MetricsCSV`` comes after validation so that its row holds the epoch's validation
+    metrics, and ``Checkpoints`` after ``MetricsCSV`` so that ``last.pt`` carries the half-done epoch's losses.
+
+    On ranks > 0 the writers are left out (``handlers_for_rank``) and TensorBoard's handler is not even built
+    (it opens its events file when built); their ``Checkpoints`` object only restores a resumed run.
+
+    Attributes:
+        handlers: the list for ``SupervisedTrainer(train_handlers=...)`` (the bundle's ``train#handlers``).
+        metrics_csv: the ``MetricsCSV`` handler (``train#metrics_csv``).
+        checkpoints: the ``Checkpoints`` handler (``train#checkpoints``; its ``restore`` resumes a run).
+
+    Args:
+        output_dir: the run directory.
+        network: the trained network (DDP-wrapped or not: checkpoints hold the plain module's weights).
+        optimizer: the optimizer; ``metrics.csv`` records its first group's learning rate.
+        lr_scheduler: the per-iteration learning-rate schedule.
+        evaluator: the validation engine.
+        val_interval: validate every this many epochs.
+        seed: the run's seed (recorded, and in the checkpoints).
+        resume_hint: the command printed when a signal stops the run (``{run_dir}`` is filled in).
+        key_metric: the evaluator's metric that picks ``best.pt``.
+        rank: this process's rank; by default the process group's (0 outside one).
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        network: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        lr_scheduler: Any,
+        evaluator: Engine,
+        val_interval: int = 1,
+        seed: int = 0,
+        resume_hint: str = "medseg3d train --resume {run_dir}",
+        key_metric: str = KEY_METRIC,
+        rank: int | None = None,
+    ) -> None:
+        if val_interval < 1:
+            raise ValueError(f"val_interval must be >= 1, got {val_interval}")
+        rank = get_rank() if rank is None else rank
+        self.metrics_csv = MetricsCSV(output_dir, optimizer=optimizer, evaluator=evaluator)
+        self.checkpoints = Checkpoints(
+            output_dir,
+            network,
+            optimizer,
+            lr_scheduler=lr_scheduler,
+            evaluator=evaluator,
+            key_metric=key_metric,
+            seed=seed,
+            stateful={"metrics_csv": self.metrics_csv},
+            save=rank == 0,
+        )
+        loss = from_engine(["loss"], first=True)
+        every = [
+            RunRecord(output_dir, seed=seed),
+            LrScheduleHandler(lr_scheduler, epoch_level=False, print_lr=False),
+            ValidationHandler(validator=evaluator, interval=val_interval, epoch_level=True),
+            # name None: the trainer's logger, through the root handlers (console and the run's log file)
+            StatsHandler(name=None, tag_name="train_loss", output_transform=loss),
+            None
+            if rank > 0
+            else TensorBoardStatsHandler(
+                log_dir=os.path.join(output_dir, "tensorboard"), tag_name="train_loss", output_transform=loss
+            ),
+            self.metrics_csv,
+            Curves(output_dir),
+            self.checkpoints,
+            GracefulStop(self.checkpoints, resume_hint=resume_hint),
+        ]
+        self.handlers = handlers_for_rank(every, rank=rank)
+
+
+def plain_module(network: torch.nn.Module) -> torch.nn.Module:
+    """The module inside ``DistributedDataParallel``, else ``network``: inference needs no gradient sync.
+
+    >>> net = torch.nn.Linear(1, 1)
+    >>> plain_module(net) is net
+    True
+    """
+    return network.module if isinstance(network, DistributedDataParallel) else network
+
+
+def supervised_evaluator(
+    device: torch.device | str,
+    val_data_loader: Any,
+    network: torch.nn.Module,
+    inferer: Inferer,
+    postprocessing: Callable,
+    metrics: Mapping[str, Any],
+    key_metric: str = KEY_METRIC,
+    val_handlers: Sequence[Any] | None = None,
+    amp: bool = False,
+) -> SupervisedEvaluator:
+    """MONAI's ``SupervisedEvaluator`` for validation: ``metrics[key_metric]`` is its key metric (the one
+    ``best.pt`` follows), the other ``metrics`` are computed beside it, and the network runs as ``medseg3d
+    infer`` runs it: the bundle's ``inferer`` and ``postprocessing``, no autocast of the evaluator's own
+    (``amp``: the inferer decides it), the plain module under DDP.
+
+    Args:
+        device: where the network runs.
+        val_data_loader: the validation DataLoader (one case per batch).
+        network: the network, DDP-wrapped or not.
+        inferer: the whole-volume inferer (sliding window or slice stacks).
+        postprocessing: logits to what the metrics score (``medseg3d.training.validation.postprocessing``).
+        metrics: metric name -> MONAI ``IgniteMetricHandler`` (``medseg3d.training.validation.dice_metrics``).
+        key_metric: the name of the key metric in ``metrics``.
+        val_handlers: the evaluator's handlers (the evaluate overlay's), or None.
+        amp: autocast in the evaluator itself.
+
+    Raises:
+        ValueError: ``key_metric`` is not in ``metrics``.
+    """
+    if key_metric not in metrics:
+        raise ValueError(f"key_metric {key_metric!r} is not among the metrics {', '.join(metrics)}")
+    return SupervisedEvaluator(
+        device=device,
+        val_data_loader=val_data_loader,
+        network=plain_module(network),
+        inferer=inferer,
+        postprocessing=postprocessing,
+        key_val_metric={key_metric: metrics[key_metric]},
+        additional_metrics={name: metric for name, metric in metrics.items() if name != key_metric},
+        val_handlers=val_handlers,
+        amp=amp,
+    )
+
+
+def evaluation_handlers(
+    checkpoint: str | os.PathLike,
+    network: torch.nn.Module,
+    output_dir: str | os.PathLike,
+    datalist: Sequence[Mapping[str, Any]],
+    output_mode: str,
+    dataset_dir: str | os.PathLike,
+    fold: int,
+    save_predictions: bool = False,
+) -> list[Any]:
+    """The evaluate overlay's evaluator handlers: load ``checkpoint`` into ``network`` when the evaluator
+    starts (``LoadWeights``; a missing file fails here, before any case is read), log the metrics, and write
+    the report (``EvalReport``: ``per_case.csv``, ``summary.json`` with checkpoint, dataset, fold and
+    output mode, and with ``save_predictions`` the label maps) into ``output_dir``.
+
+    Args:
+        checkpoint: a training checkpoint or a bare state dict.
+        network: the evaluator's network.
+        output_dir: the report's folder.
+        datalist: the validation datalist (its label files give the predictions' geometry).
+        output_mode: ``regions`` or ``labels``.
+        dataset_dir, fold: recorded in ``summary.json``.
+        save_predictions: also write ``predictions/<case_id>.nii.gz``.
+    """
+    info = {"checkpoint": str(checkpoint), "dataset_dir": str(dataset_dir), "fold": fold, "output_mode": output_mode}
+    return [
+        LoadWeights(checkpoint, network),
+        # name None: the evaluator's logger, through the root handlers (console and the run's log file)
+        StatsHandler(name=None, iteration_log=False),
+        EvalReport(
+            output_dir, info=info, save_predictions=save_predictions, datalist=datalist, output_mode=output_mode
+        ),
+    ]

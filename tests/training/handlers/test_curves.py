@@ -1,0 +1,114 @@
+"""plot_curves and Curves: what is drawn from metrics.csv, when curves.png is redrawn, and that it is replaced whole."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from ignite.engine import Engine, Events
+from matplotlib.figure import Figure
+from PIL import Image
+
+from medseg3d.training.handlers import Curves, plot_curves
+
+HEADER = "epoch,iteration,train_loss,lr,seconds,val_mean_dice,val_dice_WT\n"
+
+
+def _colours(path: Path) -> int:
+    return len(Image.open(path).convert("RGB").getcolors(maxcolors=1_000_000))
+
+
+@pytest.mark.parametrize(
+    "rows, loss, metrics",
+    [
+        pytest.param(["1,2,0.9,0.01,1.0,,", "2,4,0.7,0.01,1.0,0.4,0.5"], [(1, 0.9), (2, 0.7)],
+                     {"mean_dice": [(2, 0.4)], "dice_WT": [(2, 0.5)]}, id="loss-and-validation"),
+        pytest.param(["1,2,0.9,0.01,1.0,,", "2,4,0.7,0.01,1.0,,"], [(1, 0.9), (2, 0.7)], {}, id="not-validated-yet"),
+        pytest.param(["1,2,,0.01,1.0,0.3,", "2,4,,0.01,1.0,0.4,"], [], {"mean_dice": [(1, 0.3), (2, 0.4)]},
+                     id="no-loss-one-metric"),
+    ],
+)  # fmt: skip
+def test_plot_draws_what_the_file_holds(
+    tmp_path: Path, monkeypatch, rows: list[str], loss: list, metrics: dict
+) -> None:
+    """A curve per column with values, against epoch: train loss on the left, each ``val_`` metric on the right."""
+    (tmp_path / "metrics.csv").write_text(HEADER + "\n".join(rows) + "\n")
+    saved: list[Figure] = []
+    savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (saved.append(fig), savefig(fig, *a, **k))[1])
+    assert plot_curves(tmp_path / "metrics.csv", tmp_path / "curves.png") == tmp_path / "curves.png"
+    loss_ax, val_ax = saved[0].axes
+    curves = {line.get_label(): list(zip(*line.get_data(), strict=True)) for line in val_ax.lines}
+    assert [list(zip(*line.get_data(), strict=True)) for line in loss_ax.lines] == ([loss] if loss else [])
+    assert curves == metrics
+    image = Image.open(tmp_path / "curves.png")
+    assert image.format == "PNG" and image.size == (880, 320)  # 11 x 4 inches at 80 dpi
+    assert _colours(tmp_path / "curves.png") > 20, "lines and text, not a blank canvas"
+
+
+def test_plot_of_a_header_only_file_draws_nothing(tmp_path: Path) -> None:
+    (tmp_path / "metrics.csv").write_text(HEADER)
+    assert plot_curves(tmp_path / "metrics.csv", tmp_path / "curves.png") is None
+    assert not (tmp_path / "curves.png").exists()
+
+
+def test_plot_of_a_missing_file_names_it(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="metrics.csv"):
+        plot_curves(tmp_path / "metrics.csv", tmp_path / "curves.png")
+
+
+def _trainer(tmp_path: Path, every: int, epochs_written: list[int]) -> Engine:
+    """An engine that appends a metrics.csv row per epoch (as MetricsCSV does) before Curves redraws."""
+    trainer = Engine(lambda engine, batch: None)
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def _row(engine: Engine) -> None:
+        path = tmp_path / "metrics.csv"
+        text = path.read_text() if path.is_file() else HEADER
+        path.write_text(text + f"{engine.state.epoch},{engine.state.iteration},{1 / engine.state.epoch},0.01,1,,\n")
+
+    curves = Curves(tmp_path, every=every)
+    curves.attach(trainer)
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    @trainer.on(Events.COMPLETED)
+    def _seen(engine: Engine) -> None:
+        if curves.path.is_file():
+            epochs_written.append(engine.state.epoch)
+            curves.path.unlink()  # so the next redraw, and only it, brings the file back
+
+    return trainer
+
+
+@pytest.mark.parametrize(
+    "every, epochs, redraws",
+    [
+        pytest.param(1, 3, 4, id="every-epoch-and-at-the-end"),
+        pytest.param(2, 5, 3, id="every-2nd-epoch-and-at-the-end"),  # epochs 2 and 4, then the end
+    ],
+)
+def test_curves_redraw_every_n_epochs_and_at_the_end(tmp_path: Path, every: int, epochs: int, redraws: int) -> None:
+    written: list[int] = []
+    _trainer(tmp_path, every, written).run([0], max_epochs=epochs)
+    assert len(written) == redraws
+    assert not [p for p in tmp_path.iterdir() if p.name not in ("metrics.csv",)], "no temp file left behind"
+
+
+def test_curves_without_metrics_csv_write_nothing(tmp_path: Path) -> None:
+    trainer = Engine(lambda engine, batch: None)
+    Curves(tmp_path).attach(trainer)
+    trainer.run([0], max_epochs=2)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_curves_replace_the_previous_png_whole(tmp_path: Path) -> None:
+    (tmp_path / "metrics.csv").write_text(HEADER + "1,2,0.9,0.01,1.0,0.4,0.5\n")
+    (tmp_path / "curves.png").write_bytes(b"the previous image")
+    os.link(tmp_path / "curves.png", tmp_path / "previous.png")  # a second name for the old file's data
+    trainer = Engine(lambda engine, batch: None)
+    Curves(tmp_path, filename="curves.png").attach(trainer)
+    trainer.run([0], max_epochs=1)
+    assert Image.open(tmp_path / "curves.png").format == "PNG"
+    assert (tmp_path / "previous.png").read_bytes() == b"the previous image", "renamed over, never written in place"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "metrics.csv", "previous.png"]
