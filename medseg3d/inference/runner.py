@@ -25,7 +25,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -35,6 +34,7 @@ from medseg3d.core.constants import EDITIONS
 from medseg3d.core.errors import InputError
 from medseg3d.core.io import write_text
 from medseg3d.core.ranks import get_rank, is_distributed
+from medseg3d.data.reader import read_label
 from medseg3d.data.scans import find_scans, read_scan, write_label
 from medseg3d.inference.preview import save_preview
 from medseg3d.ops.diameter import label_diameters
@@ -174,10 +174,10 @@ class BatchRunner:
     def _skip_row(self, case: Any, path: Path) -> dict[str, Any]:
         row: dict[str, Any] = {"status": "skipped", "error": "output exists (resume)"}
         try:
-            image = nib.load(str(path))
-            labels = np.asarray(image.dataobj).astype(np.int64)
-            row.update(label_volumes(labels, image.header.get_zooms()[:3], self._written_labels(case)))
-            row.update(self._diameter_columns(labels, image.header.get_zooms()[:3], case))
+            written = read_label(path)
+            labels = written.array[0].astype(np.int64)
+            row.update(label_volumes(labels, written.spacing, self._written_labels(case)))
+            row.update(self._diameter_columns(labels, written.spacing, case))
         except Exception as exc:  # a damaged earlier output is reported, not trusted
             row.update(status="failed", error=f"existing output unreadable ({exc}); delete it to redo the case")
         return row

@@ -11,12 +11,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 from ignite.engine import Engine, Events
 
 from medseg3d.core.constants import CASE_ID
 from medseg3d.core.io import save_nifti, write_json, write_text
+from medseg3d.data.reader import read_info
 from medseg3d.metrics import summary_statistics
 from medseg3d.transforms.array import regions_to_labels
 
@@ -87,8 +87,8 @@ class EvalReport:
     def _save_prediction(self, case_id: str, pred: Any) -> None:
         pred = np.asarray(pred.detach().cpu() if hasattr(pred, "detach") else pred)
         labels = regions_to_labels(pred) if self.output_mode == "regions" else pred.argmax(0).astype(np.uint8)
-        reference = nib.load(self.label_files[case_id])
-        if reference.shape[: labels.ndim] != labels.shape:
+        reference = read_info(self.label_files[case_id]).grid
+        if reference.shape != labels.shape:
             raise ValueError(f"{case_id}: prediction of shape {labels.shape} does not match {reference.shape}")
         save_nifti(labels, reference.affine, self.output_dir / "predictions" / f"{case_id}.nii.gz")
 
