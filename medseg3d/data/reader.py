@@ -388,6 +388,15 @@ def _load_nifti(path: Path) -> nib.Nifti1Image:
         raise InputError(path, f"cannot read as NIfTI ({type(exc).__name__}: {exc})") from None
 
 
+def _nifti_header(path: Path, channels: int | None) -> tuple[nib.Nifti1Image, tuple[int, int, int], int, np.ndarray]:
+    """A NIfTI file's image (data not read), its (X, Y, Z), channel count and checked float64 affine."""
+    image = _load_nifti(path)
+    shape, found = _channels_of(path, image.shape, channels)
+    affine = np.asarray(image.affine, dtype=np.float64)
+    _check_affine(path, affine)
+    return image, shape, found, affine
+
+
 def _check_nifti_size(path: Path, image: nib.Nifti1Image) -> None:
     """Raise ``InputError`` for a truncated or damaged NIfTI file without decompressing a sound one.
 
@@ -536,10 +545,7 @@ def read_image(path: str | os.PathLike, channels: int = 1, dtype: type | None = 
         return read_dicom_series(_one_series(path), path, dtype)
     _missing(path)
     if image_extension(path) in NIFTI_EXTENSIONS:
-        image = _load_nifti(path)
-        shape, found = _channels_of(path, image.shape, channels)
-        affine = np.asarray(image.affine, dtype=np.float64)
-        _check_affine(path, affine)
+        image, shape, found, affine = _nifti_header(path, channels)
         # NIfTI data is Fortran-ordered; a channels-first view of it (no transposing copy) keeps reading fast.
         array = np.moveaxis(_nifti_voxels(path, image, dtype).reshape(*shape, found), -1, 0)
         data = ImageData(path, array, affine, header=image.header.copy())
@@ -579,10 +585,7 @@ def read_info(path: str | os.PathLike, channels: int | None = 1, verify_data: bo
         return ImageInfo(path, data.grid, data.array.shape[0], data.modality)
     _missing(path)
     if image_extension(path) in NIFTI_EXTENSIONS:
-        image = _load_nifti(path)
-        shape, found = _channels_of(path, image.shape, channels)
-        affine = np.asarray(image.affine, dtype=np.float64)
-        _check_affine(path, affine)
+        image, shape, found, affine = _nifti_header(path, channels)
         if verify_data:
             _check_nifti_size(path, image)
         return ImageInfo(path, Grid(shape, affine), found)
