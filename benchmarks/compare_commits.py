@@ -5,7 +5,8 @@ figures taken on different days. This runs one ``benchmarks/bench_*.py`` script 
 tree and on a detached worktree of ``--base`` (under ``bench_out/``, reused), ``--repeats`` times each,
 starting with the other side every round, and prints one JSON line per result the script emits: ``ours_s``
 is the median of the working tree's ``ours_s``, ``baseline_s`` the median of the base commit's ``ours_s``,
-``ratio`` base / ours (1.0: no change), ``own_ratio`` and ``baseline_own_ratio`` each side's own ratios
+``ratio`` base / ours (1.0: no change), the rounds' seconds of both sides (``rounds_s``, ``baseline_rounds_s``)
+and of the script's own baseline on each side, ``own_ratio`` and ``baseline_own_ratio`` each side's own ratios
 against the script's baseline, round by round, and ``agreement`` the base commit's agreement next to ours, so a
 change in results shows too.
 
@@ -71,12 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     times: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: {"ours": [], "base": []})
     agreement: dict[tuple[str, str], dict[str, object]] = defaultdict(dict)
     in_run: dict[tuple[str, str], dict[str, list]] = defaultdict(lambda: {"ours": [], "base": []})
+    script_baseline: dict[tuple[str, str], dict[str, list]] = defaultdict(lambda: {"ours": [], "base": []})
     for round_ in range(options.repeats):
         sides = [("ours", REPO, False), ("base", base_root, True)]
         for side, root, is_base in sides if round_ % 2 == 0 else sides[::-1]:
             for record in run_side(root, options.script, options.args, is_base):
                 key = (record["benchmark"], record["case"])
                 times[key][side].append(float(record["ours_s"]))
+                script_baseline[key][side].append(record.get("baseline_s"))
                 agreement[key][side] = record.get("agreement")
                 in_run[key][side].append(record.get("ratio"))
     for (benchmark, case), sides in times.items():
@@ -91,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
             statistics.median(sides["base"]),
             agreement=agreement[(benchmark, case)].get("ours"),
             baseline_agreement=agreement[(benchmark, case)].get("base"),
+            rounds_s=sides["ours"],
+            baseline_rounds_s=sides["base"],
+            script_baseline_rounds_s=script_baseline[(benchmark, case)]["ours"],
+            baseline_script_baseline_rounds_s=script_baseline[(benchmark, case)]["base"],
             own_ratio=in_run[(benchmark, case)]["ours"],
             baseline_own_ratio=in_run[(benchmark, case)]["base"],
             repeats=options.repeats,
