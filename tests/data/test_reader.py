@@ -8,6 +8,7 @@ turned into RAS independently of the reader), so a swapped axis, a lost flip or 
 from __future__ import annotations
 
 import gzip
+import importlib.util
 from pathlib import Path
 
 import nibabel as nib
@@ -34,20 +35,17 @@ from medseg3d.data.reader import (
 )
 from medseg3d.data.sitk_reader import SimpleITKReader
 
+_spec = importlib.util.spec_from_file_location("data_test_images", Path(__file__).with_name("images.py"))
+images = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(images)
+
 SHAPE = (10, 12, 7)
 SPACING = (0.8, 0.9, 2.5)
 ORIGIN = (12.5, -30.25, 41.0)  # LPS
 
 
-def _rotation(degrees: float, axis: int) -> np.ndarray:
-    c, s = np.cos(np.deg2rad(degrees)), np.sin(np.deg2rad(degrees))
-    i, j = [a for a in range(3) if a != axis]
-    rotation = np.eye(3)
-    rotation[i, i], rotation[i, j], rotation[j, i], rotation[j, j] = c, -s, s, c
-    return rotation
-
-
-OBLIQUE = _rotation(17.0, 2) @ _rotation(-9.0, 0)
+_rotation = images.rotation
+OBLIQUE = images.OBLIQUE
 
 
 def _volume(seed: int = 0) -> np.ndarray:
@@ -58,11 +56,7 @@ def _volume(seed: int = 0) -> np.ndarray:
 
 
 def _itk(data: np.ndarray, direction: np.ndarray = OBLIQUE, spacing=SPACING, origin=ORIGIN) -> sitk.Image:
-    image = sitk.GetImageFromArray(np.ascontiguousarray(data.T))  # ITK arrays are (Z, Y, X)
-    image.SetSpacing(spacing)
-    image.SetOrigin(origin)
-    image.SetDirection(tuple(float(v) for v in direction.ravel()))
-    return image
+    return images.itk_image(data, direction, spacing, origin)
 
 
 def _series(folder: Path, image: sitk.Image, uid: str = "1.2.3.4", shift: dict | None = None, skip=()) -> Path:

@@ -8,6 +8,7 @@ of the source file, ITK's TransformIndexToPhysicalPoint).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import zlib
@@ -32,21 +33,16 @@ from medseg3d.data.scans import (
 from medseg3d.data.synth_brats import write_brats_tree
 from medseg3d.data.synth_ct import write_ct_cases
 
+_spec = importlib.util.spec_from_file_location("data_test_images", Path(__file__).with_name("images.py"))
+images = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(images)
+
 SHAPE = (20, 24, 28)
 SPACING = (0.8, 0.9, 2.5)
 ORIGIN = (12.5, -30.25, 41.0)
 
 
-def _rotation(degrees: float, axis: int) -> np.ndarray:
-    """(3, 3) rotation by ``degrees`` about ``axis``."""
-    c, s = np.cos(np.deg2rad(degrees)), np.sin(np.deg2rad(degrees))
-    i, j = [a for a in range(3) if a != axis]
-    rotation = np.eye(3)
-    rotation[i, i], rotation[i, j], rotation[j, i], rotation[j, j] = c, -s, s, c
-    return rotation
-
-
-OBLIQUE = _rotation(17.0, 2) @ _rotation(-9.0, 0)
+OBLIQUE = images.OBLIQUE
 
 
 def _phantom(shape=SHAPE, seed: int = 0) -> np.ndarray:
@@ -79,13 +75,7 @@ def _write_nifti(path: Path, data: np.ndarray, affine: np.ndarray, sform: int = 
 
 
 def _sitk_image(data: np.ndarray, direction=None, spacing=SPACING, origin=ORIGIN) -> sitk.Image:
-    """ITK image of an (X, Y, Z) array; ``direction`` (default identity) and ``origin`` in ITK's LPS."""
-    direction = np.eye(3) if direction is None else direction
-    image = sitk.GetImageFromArray(np.ascontiguousarray(data.T))
-    image.SetSpacing(spacing)
-    image.SetOrigin(origin)
-    image.SetDirection(tuple(float(v) for v in np.asarray(direction).ravel()))
-    return image
+    return images.itk_image(data, direction, spacing, origin)
 
 
 def _write_series(
