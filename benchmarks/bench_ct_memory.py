@@ -66,7 +66,13 @@ def trained_checkpoint(work: Path, epochs: int, overrides: dict[str, Any]) -> Pa
     run = work / "train_run"
     inference_only = ("sw_batch_size", "overlap", "tta", "postprocess", "chunk_voxels", "chunk_overlap_mm")
     train = {k: v for k, v in overrides.items() if k not in inference_only}
-    settings = {"dataset_dir": str(data), "output_dir": str(run), "max_epochs": epochs, "val_interval": epochs}
+    settings = {
+        "dataset_dir": str(data),
+        "output_dir": str(run),
+        "max_epochs": epochs,
+        "val_interval": epochs,
+        "iterations_per_epoch": None,
+    }
     run_bundle(CT_BUNDLE, "train", {**settings, **FAST_SYNTHETIC, **train})
     return run / "checkpoints" / "last.pt"
 

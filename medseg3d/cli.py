@@ -32,6 +32,7 @@ def cmd_synth_brats(args: argparse.Namespace) -> int:
         shape=tuple(args.shape),
         seed=args.seed,
         validation_cases=args.validation_cases,
+        scanner=args.scanner,
     )
     print(f"wrote {len(folders)} BraTS {args.edition} case folders under {args.out}")
     return 0
@@ -151,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     brats.add_argument("--edition", choices=EDITION_CHOICES, default="2021", help="layout and labels (2021)")
     brats.add_argument("--shape", type=_positive, nargs=3, default=[240, 240, 155], metavar=("X", "Y", "Z"))
     brats.add_argument("--seed", type=int, default=0, help="same seed, same bytes (0)")
+    brats.add_argument(
+        "--scanner",
+        choices=("default", "shifted"),
+        default="default",
+        help="intensities as the training phantoms' scanner draws them, or as another one does (other contrasts, "
+        "a stronger bias field, more noise: docs/training.md) (default)",
+    )
     brats.set_defaults(func=cmd_synth_brats)
 
     ct = kinds.add_parser("ct", help="CT phantoms in Hounsfield units with an aorta label")

@@ -60,6 +60,7 @@ def run_demo(
         "output_dir": str(run_dir),
         "max_epochs": epochs,
         "val_interval": val_interval,
+        "iterations_per_epoch": None,
         "seed": seed,
         **FAST_SYNTHETIC,
     }

@@ -13,17 +13,18 @@ TINY_SHAPE = (48, 40, 31)
 
 
 def _same_run(a: Path, b: Path) -> None:
-    """Two run directories hold the same training, bit for bit: ``metrics.csv`` (but the seconds), and in
-    ``last.pt`` and ``best.pt`` the trainer state, weights, optimizer state and lr schedule."""
+    """Two run directories hold the same training, bit for bit: ``metrics.csv`` (but the columns read off the
+    clock), and in ``last.pt`` and ``best.pt`` the trainer state, weights, optimizer state and lr schedule."""
     import csv
 
     import torch
 
     from medseg3d.core.checkpoint_format import load_checkpoint
+    from medseg3d.training.handlers.metrics_csv import TIME_COLUMNS
 
     def metrics(run_dir: Path) -> list[dict[str, str]]:
         with open(run_dir / "metrics.csv", newline="") as f:
-            return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+            return [{k: v for k, v in row.items() if k not in TIME_COLUMNS} for row in csv.DictReader(f)]
 
     assert metrics(a) == metrics(b)
     for name in ("last.pt", "best.pt"):

@@ -48,6 +48,25 @@ _WM_LEVEL: dict[str, tuple[float, float]] = {
 }
 # Largest relative deformation of the brain surface and of each tumour boundary; placement relies on them.
 _BRAIN_AMP = (0.06, 0.025)
+
+
+@dataclass(frozen=True)
+class Scanner:
+    """How a scanner draws the intensities of a phantom: each class's contrast relative to white matter is
+    multiplied by ``1 + U(-contrast_jitter, contrast_jitter)`` per sequence, the coil bias field's log-amplitude
+    is drawn from ``bias`` and the Rician noise's sigma, relative to white matter, from ``noise``."""
+
+    contrast_jitter: float
+    bias: tuple[float, float]
+    noise: tuple[float, float]
+
+
+# "default": the phantoms training data is made of. "shifted": another scanner, for the held-out robustness check
+# (docs/training.md): contrasts up to 15% apart, a coil bias twice as strong, twice the noise.
+SCANNERS: dict[str, Scanner] = {
+    "default": Scanner(contrast_jitter=0.0, bias=(0.08, 0.2), noise=(0.02, 0.04)),
+    "shifted": Scanner(contrast_jitter=0.15, bias=(0.25, 0.4), noise=(0.05, 0.08)),
+}
 _ED_AMP, _TC_AMP, _NCR_AMP = 0.3, 0.2, 0.25
 _MIN_NCR, _MIN_RIM, _MIN_ED = 1.5, 1.3, 1.3  # voxels, so that tiny shapes keep every sub-region
 
@@ -83,6 +102,7 @@ def make_brats_case(
     seed: int | Sequence[int] = 0,
     grade: str = "HGG",
     label_values: Sequence[int] = (1, 2, 4),
+    scanner: str = "default",
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Return ``(images, seg, affine)`` of one synthetic case.
 
@@ -91,12 +111,13 @@ def make_brats_case(
         seed: seed (or entropy sequence) of ``np.random.default_rng``.
         grade: ``"HGG"`` (all three sub-regions) or ``"LGG"`` (enhancing part small or absent).
         label_values: source label values of (NCR, ED, ET).
+        scanner: one of ``SCANNERS``: how the intensities are drawn (the anatomy is the seed's either way).
 
     Returns:
         images: each of ``MODALITIES`` to an int16 array (X, Y, Z); seg: uint8 (X, Y, Z) with values in
         ``{0, *label_values}``; affine: (4, 4) LPS affine, diag(-1, -1, 1), 1 mm.
     """
-    phantom = make_brats_phantom(shape, seed, grade, label_values)
+    phantom = make_brats_phantom(shape, seed, grade, label_values, scanner)
     return phantom.images, phantom.seg, phantom.affine
 
 
@@ -105,11 +126,15 @@ def make_brats_phantom(
     seed: int | Sequence[int] = 0,
     grade: str = "HGG",
     label_values: Sequence[int] = (1, 2, 4),
+    scanner: str = "default",
 ) -> BratsPhantom:
     """Like ``make_brats_case`` but also return the healthy tissue map and the grade."""
     shape = _check_shape(shape)
     if grade not in GRADES:
         raise ValueError(f"grade must be one of {', '.join(GRADES)}, got {grade!r}")
+    if scanner not in SCANNERS:
+        raise ValueError(f"scanner must be one of {', '.join(SCANNERS)}, got {scanner!r}")
+    profile = SCANNERS[scanner]
     labels = tuple(int(v) for v in label_values)
     if len(labels) != 3 or len(set(labels)) != 3 or not all(1 <= v <= 255 for v in labels):
         raise ValueError(f"label_values must be 3 distinct integers in 1..255 (NCR, ED, ET), got {label_values!r}")
@@ -166,11 +191,16 @@ def make_brats_phantom(
     for index, modality in enumerate(MODALITIES):
         level = rng.uniform(*_WM_LEVEL[modality])
         mean = {k: np.float32(level * v[index]) for k, v in _CONTRAST.items()}
+        if profile.contrast_jitter:  # drawn only then, so the default scanner's phantoms stay byte for byte
+            jitter = profile.contrast_jitter
+            mean = {
+                k: np.float32(v * (1 if k == "WM" else rng.uniform(1 - jitter, 1 + jitter))) for k, v in mean.items()
+            }
         signal = (csf * mean["CSF"] + gm * mean["GM"] + wm * mean["WM"]) * texture
         tumour = sum(blurred[k] * mean[n] for k, n in zip((1, 2, 3), label_names, strict=True))
         signal[t_box] = signal[t_box] * healthy + tumour * t_texture
-        signal *= np.exp(rng.uniform(0.08, 0.2) * _field(rng, (3, 3, 3), box_shape))  # coil bias field
-        sigma = np.float32(rng.uniform(0.02, 0.04) * level)
+        signal *= np.exp(rng.uniform(*profile.bias) * _field(rng, (3, 3, 3), box_shape))  # coil bias field
+        sigma = np.float32(rng.uniform(*profile.noise) * level)
         noise_re = rng.standard_normal(box_shape, dtype=np.float32)
         noise_im = rng.standard_normal(box_shape, dtype=np.float32)
         magnitude = np.sqrt((signal + sigma * noise_re) ** 2 + (sigma * noise_im) ** 2)  # Rician
@@ -390,13 +420,15 @@ def write_brats_tree(
     seed: int = 0,
     validation_cases: int = 0,
     extension: str = ".nii.gz",
+    scanner: str = "default",
 ) -> list[Path]:
     """Write a raw BraTS tree in ``edition``'s exact layout and naming under ``out_dir``.
 
     Editions that record the grade (2019, 2020) mix HGG and LGG cases; the others get HGG-like cases, so
     every training case of a 2021 or 2023 tree has all three sub-regions. Validation cases have no seg.
     Training case ``i`` draws from ``default_rng([seed, 0, i])``, validation case ``j`` from
-    ``default_rng([seed, 1, j])``, so the same arguments give the same bytes.
+    ``default_rng([seed, 1, j])``, so the same arguments give the same bytes. ``scanner`` (one of ``SCANNERS``)
+    draws the same anatomy with another scanner's contrasts, bias field and noise.
 
     Returns:
         The case folders written: training cases first, then validation cases.
@@ -423,7 +455,7 @@ def write_brats_tree(
         for index, grade in enumerate(grades):
             case_id = fmt.format(first + index)
             folder = out / top / grade / case_id if edition == "2019" and split == 0 else out / top / case_id
-            images, seg, affine = make_brats_case(shape, (seed, split, index), grade, labels)
+            images, seg, affine = make_brats_case(shape, (seed, split, index), grade, labels, scanner)
             for key in MODALITIES:
                 save_nifti(images[key], affine, folder / spec.file_name(case_id, key, extension))
             if split == 0:

@@ -14,15 +14,10 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine
+from monai.data import DataLoader
 from monai.engines import SupervisedEvaluator
-from monai.handlers import (
-    LrScheduleHandler,
-    StatsHandler,
-    TensorBoardStatsHandler,
-    ValidationHandler,
-    from_engine,
-)
-from monai.inferers import Inferer
+from monai.handlers import LrScheduleHandler, StatsHandler, TensorBoardStatsHandler, from_engine
+from monai.inferers import Inferer, SimpleInferer
 from torch.nn.parallel import DistributedDataParallel
 
 from medseg3d.core.ranks import get_rank
@@ -34,8 +29,11 @@ from medseg3d.training.handlers import (
     LoadWeights,
     MetricsCSV,
     RunRecord,
+    TimeBudget,
+    ValidationSchedule,
 )
 from medseg3d.training.rank_handlers import handlers_for_rank
+from medseg3d.training.validation import FixedPatches, patch_dice_metrics, postprocessing
 
 KEY_METRIC = "val_mean_dice"
 
@@ -44,10 +42,13 @@ class TrainHandlers:
     """The handlers of a bundle's ``SupervisedTrainer``, built from a few objects, in the order they attach:
 
     ``RunRecord`` (config, overrides, versions, log file), ``LrScheduleHandler`` (the schedule steps every
-    iteration), ``ValidationHandler`` (``evaluator`` every ``val_interval`` epochs), ``StatsHandler`` and
-    ``TensorBoardStatsHandler`` (the training loss), ``MetricsCSV``, ``Curves``, ``Checkpoints`` and
-    ``GracefulStop``. ``MetricsCSV`` comes after validation so that its row holds the epoch's validation
-    metrics, and ``Checkpoints`` after ``MetricsCSV`` so that ``last.pt`` carries the half-done epoch's losses.
+    iteration), with ``max_minutes`` a ``TimeBudget`` (plans the epochs and the schedule's length to end within
+    it), ``ValidationSchedule`` (``patch_evaluator`` every epoch; ``evaluator``, the full validation, within
+    ``val_time_share`` of the wall time or every ``val_interval`` epochs, and at the last epoch),
+    ``StatsHandler`` and ``TensorBoardStatsHandler`` (the training loss), ``MetricsCSV``, ``Curves``,
+    ``Checkpoints`` and ``GracefulStop``. ``MetricsCSV`` comes after validation so that its row holds the
+    epoch's validation metrics, and ``Checkpoints`` after ``MetricsCSV`` so that ``last.pt`` carries the
+    half-done epoch's losses. ``best.pt`` follows the full validation's ``key_metric``.
 
     On ranks > 0 the writers are left out (``handlers_for_rank``) and TensorBoard's handler is not even built
     (it opens its events file when built); their ``Checkpoints`` object only restores a resumed run.
@@ -62,12 +63,16 @@ class TrainHandlers:
         network: the trained network (DDP-wrapped or not: checkpoints hold the plain module's weights).
         optimizer: the optimizer; ``metrics.csv`` records its first group's learning rate.
         lr_scheduler: the per-iteration learning-rate schedule.
-        evaluator: the validation engine.
-        val_interval: validate every this many epochs.
+        evaluator: the full validation engine (the sliding window over the validation cases).
+        val_interval: run the full validation every this many epochs (and at the last); None: by
+            ``val_time_share``.
         seed: the run's seed (recorded, and in the checkpoints).
         resume_hint: the command printed when a signal stops the run (``{run_dir}`` is filled in).
         key_metric: the evaluator's metric that picks ``best.pt``.
         rank: this process's rank; by default the process group's (0 outside one).
+        patch_evaluator: the per-epoch check on fixed validation patches, or None.
+        val_time_share: the largest share of wall time the full validations take (``ValidationSchedule``).
+        max_minutes: a wall-clock budget for the run (``TimeBudget``), or None.
     """
 
     def __init__(
@@ -77,16 +82,34 @@ class TrainHandlers:
         optimizer: torch.optim.Optimizer,
         lr_scheduler: Any,
         evaluator: Engine,
-        val_interval: int = 1,
+        val_interval: int | None = None,
         seed: int = 0,
         resume_hint: str = "medseg3d train --resume {run_dir}",
         key_metric: str = KEY_METRIC,
         rank: int | None = None,
+        patch_evaluator: Engine | None = None,
+        val_time_share: float = 0.1,
+        max_minutes: float | None = None,
     ) -> None:
-        if val_interval < 1:
-            raise ValueError(f"val_interval must be >= 1, got {val_interval}")
         rank = get_rank() if rank is None else rank
-        self.metrics_csv = MetricsCSV(output_dir, optimizer=optimizer, evaluator=evaluator)
+        self.schedule = ValidationSchedule(
+            evaluator, patch_evaluator=patch_evaluator, time_share=val_time_share, interval=val_interval
+        )
+        self.time_budget = (
+            None
+            if max_minutes is None
+            else TimeBudget(max_minutes, lr_scheduler=lr_scheduler, schedule=self.schedule, time_share=val_time_share)
+        )
+        self.metrics_csv = MetricsCSV(
+            output_dir,
+            optimizer=optimizer,
+            evaluator=evaluator,
+            patch_evaluator=patch_evaluator,
+            schedule=self.schedule,
+        )
+        stateful: dict[str, Any] = {"metrics_csv": self.metrics_csv, "validation_schedule": self.schedule}
+        if self.time_budget is not None:
+            stateful["time_budget"] = self.time_budget
         self.checkpoints = Checkpoints(
             output_dir,
             network,
@@ -95,14 +118,15 @@ class TrainHandlers:
             evaluator=evaluator,
             key_metric=key_metric,
             seed=seed,
-            stateful={"metrics_csv": self.metrics_csv},
+            stateful=stateful,
             save=rank == 0,
         )
         loss = from_engine(["loss"], first=True)
         every = [
             RunRecord(output_dir, seed=seed),
             LrScheduleHandler(lr_scheduler, epoch_level=False, print_lr=False),
-            ValidationHandler(validator=evaluator, interval=val_interval, epoch_level=True),
+            self.time_budget,
+            self.schedule,
             # name None: the trainer's logger, through the root handlers (console and the run's log file)
             StatsHandler(name=None, tag_name="train_loss", output_transform=loss),
             None
@@ -169,6 +193,42 @@ def supervised_evaluator(
         key_val_metric={key_metric: metrics[key_metric]},
         additional_metrics={name: metric for name, metric in metrics.items() if name != key_metric},
         val_handlers=val_handlers,
+        amp=amp,
+    )
+
+
+def patch_evaluator(
+    device: torch.device | str,
+    network: torch.nn.Module,
+    patches: FixedPatches,
+    output_mode: str,
+    label_names: Sequence[str] | None = None,
+    amp: bool = False,
+    batch_size: int = 1,
+) -> SupervisedEvaluator:
+    """The per-epoch check: the network segments each of the fixed validation ``patches`` whole (MONAI's
+    ``SimpleInferer``, the patch being the training patch size), the logits are decoded as inference decodes
+    them but without connected-component rules (a patch is not a case), and ``patch_mean_dice`` and
+    ``patch_dice_<name>`` pool every patch's voxels (``patch_dice_metrics``).
+
+    Args:
+        device: where the network runs.
+        network: the network, DDP-wrapped or not.
+        patches: the fixed validation patches (``medseg3d.training.validation.FixedPatches``).
+        output_mode: ``regions`` or ``labels``.
+        label_names: the foreground labels in value order (labels mode).
+        amp: autocast (as in training).
+        batch_size: patches per network call.
+    """
+    loader = DataLoader(patches, batch_size=batch_size, shuffle=False, num_workers=0)
+    return supervised_evaluator(
+        device=device,
+        val_data_loader=loader,
+        network=network,
+        inferer=SimpleInferer(),
+        postprocessing=postprocessing(output_mode, label_names),
+        metrics=patch_dice_metrics(output_mode, label_names),
+        key_metric="patch_mean_dice",
         amp=amp,
     )
 

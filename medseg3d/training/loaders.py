@@ -67,9 +67,11 @@ def fold_dataset(
     )
 
 
-def training_loader(dataset: Dataset, batch_size: int, num_workers: int, seed: int) -> DataLoader:
+def training_loader(
+    dataset: Dataset, batch_size: int, num_workers: int, seed: int, iterations_per_epoch: int | None = None
+) -> DataLoader:
     """The training DataLoader: ``ResumableSampler`` orders each epoch (sharded by rank under
-    ``torch.distributed``) and hands each case its seed for the epoch, and ``SeededDataset`` seeds the random
+    ``torch.distributed``) and hands each draw its seed for the epoch, and ``SeededDataset`` seeds the random
     transforms with it, so a resumed run draws exactly the patches the uninterrupted one would, with any
     number of workers. Workers ignore SIGINT/SIGTERM/SIGHUP: the trainer alone decides when to stop.
 
@@ -78,11 +80,16 @@ def training_loader(dataset: Dataset, batch_size: int, num_workers: int, seed: i
         batch_size: cases per batch (each may give several patches).
         num_workers: worker processes.
         seed: the run's seed.
+        iterations_per_epoch: a fixed epoch of this many batches per process, whatever the number of cases
+            (nnU-Net's 250); None: one pass over the cases.
     """
+    if iterations_per_epoch is not None and (isinstance(iterations_per_epoch, bool) or iterations_per_epoch < 1):
+        raise ValueError(f"iterations_per_epoch must be None or >= 1, got {iterations_per_epoch!r}")
     seeded = SeededDataset(dataset)
+    samples = None if iterations_per_epoch is None else iterations_per_epoch * batch_size
     return DataLoader(
         seeded,
-        sampler=ResumableSampler(seeded, shuffle=True, seed=seed),
+        sampler=ResumableSampler(seeded, shuffle=True, seed=seed, epoch_samples=samples),
         batch_size=batch_size,
         num_workers=num_workers,
         worker_init_fn=ignore_stop_signals,

@@ -96,3 +96,30 @@ def make_scheduler(
     if name == "poly":
         return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total_steps, power=power)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def rescale_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, total_steps: int) -> None:
+    """Make a running ``make_scheduler`` schedule end after ``total_steps`` steps instead: a time budget
+    (``medseg3d.training.handlers.TimeBudget``) plans how many epochs fit only once it has timed some.
+
+    The polynomial decay continues from the current learning rate and reaches 0 at the new end (PyTorch's
+    ``PolynomialLR`` steps by ratios); warmup-cosine follows its curve for the new length; constant is left as
+    it is. The new length is part of the scheduler's ``state_dict``, so a resumed run keeps it.
+
+    >>> opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    >>> schedule = make_scheduler(opt, "poly", total_steps=100)
+    >>> for _ in range(5):
+    ...     opt.step(); schedule.step()
+    >>> rescale_schedule(schedule, 10)
+    >>> for _ in range(5):
+    ...     opt.step(); schedule.step()
+    >>> opt.param_groups[0]["lr"]
+    0.0
+    """
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    if isinstance(scheduler, torch.optim.lr_scheduler.PolynomialLR):
+        scheduler.total_iters = int(total_steps)
+    elif isinstance(scheduler, WarmupCosineSchedule):
+        scheduler.t_total = int(total_steps)
+        scheduler.warmup_steps = min(scheduler.warmup_steps, max(int(total_steps) - 1, 0))

@@ -1,19 +1,30 @@
-"""Validation wiring: the postprocessing ``medseg3d infer`` ships, encoded for the metrics, and Dice per region
-or label.
+"""Validation wiring: the postprocessing ``medseg3d infer`` ships, encoded for the metrics, Dice per region or
+label, and the cheap per-epoch check on a fixed set of validation patches.
 
 Validation scores what inference writes: the bundles validate with the inferer ``medseg3d infer`` uses (declared
 once, in ``common.yaml``) and with ``postprocessing`` below, which decodes the logits exactly as the predictor
 does (``medseg3d.transforms.decode.logits_to_labels``) and applies the same connected-component rules
 (``postprocess`` in ``common.yaml``) before the label map is encoded as regions or one-hot for Dice.
+
+That full validation costs a sliding window over every validation case; between two of them the run watches
+a pseudo-Dice, as nnU-Net does: ``FixedPatches`` cuts a fixed, seeded set of patches from the validation cases
+once, the network segments them whole (no sliding window, no postprocessing) every epoch, and ``GlobalDice``
+pools their voxels into one Dice per region (``patch_dice_metrics``). The same patches every epoch make the
+curve comparable from one epoch to the next.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+import torch
+from ignite.metrics import Metric
+from monai.data.utils import set_rnd
 from monai.handlers import MeanDice, from_engine
 from monai.transforms import AsDiscreted, Compose
+from torch.utils.data import Dataset
 
 from medseg3d.core.constants import PREPARED_LABELS, REGIONS
 from medseg3d.transforms.decode import LogitsToLabelsd
@@ -99,3 +110,135 @@ def dice_metrics(output_mode: str, label_names: Sequence[str] | None = None) -> 
     for i, name in enumerate(names):
         metrics[f"val_dice_{name}"] = MeanDice(include_background=True, output_transform=_channel(i + offset))
     return metrics
+
+
+class GlobalDice(Metric):
+    """Dice of binary channels over all the samples of a run pooled (true and false positives and negatives
+    summed over every voxel of every sample, then one Dice per channel): nnU-Net's pseudo-Dice. Unlike a mean of
+    per-sample Dice, a patch without the region counts by its false positives only, never as a 0 or a 1.
+
+    ``compute`` returns the mean over ``channels`` of the channels whose Dice is defined (some voxel of the
+    channel predicted or true), NaN when none is.
+
+    Args:
+        channels: the channel indices averaged (None: all).
+        output_transform: the engine's output to ``(preds, labels)``, lists of (C, ...) binary tensors (default:
+            the ``pred`` and ``label`` entries).
+
+    >>> metric = GlobalDice(channels=[0])
+    >>> metric.update(([torch.tensor([[1, 1, 0, 0]])], [torch.tensor([[1, 0, 0, 0]])]))
+    >>> metric.update(([torch.tensor([[0, 0, 0, 0]])], [torch.tensor([[0, 0, 0, 1]])]))
+    >>> round(metric.compute(), 4)  # TP 1, FP 1, FN 1
+    0.5
+    """
+
+    def __init__(
+        self,
+        channels: Sequence[int] | None = None,
+        output_transform: Callable | None = None,
+    ) -> None:
+        self.channels = None if channels is None else [int(c) for c in channels]
+        super().__init__(output_transform=output_transform or from_engine(["pred", "label"]))
+
+    def reset(self) -> None:
+        self._counts: torch.Tensor | None = None  # (C, 3): TP, FP, FN per channel
+
+    def update(self, output: tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]]) -> None:
+        preds, labels = output
+        for pred, label in zip(preds, labels, strict=True):
+            p, y = torch.as_tensor(pred).bool(), torch.as_tensor(label).bool()
+            if p.shape != y.shape:
+                raise ValueError(f"prediction {tuple(p.shape)} and label {tuple(y.shape)} differ in shape")
+            dims = tuple(range(1, p.ndim))
+            counts = torch.stack([(p & y).sum(dims), (p & ~y).sum(dims), (~p & y).sum(dims)], dim=1).double().cpu()
+            self._counts = counts if self._counts is None else self._counts + counts
+
+    def compute(self) -> float:
+        if self._counts is None:
+            return float("nan")
+        counts = self._counts if self.channels is None else self._counts[self.channels]
+        tp, fp, fn = counts.unbind(1)
+        defined = (2 * tp + fp + fn) > 0
+        if not bool(defined.any()):
+            return float("nan")
+        return float((2 * tp[defined] / (2 * tp + fp + fn)[defined]).mean())
+
+
+def patch_dice_metrics(output_mode: str, label_names: Sequence[str] | None = None) -> dict[str, GlobalDice]:
+    """The per-epoch patch check: ``patch_mean_dice`` (mean over the scored channels) and ``patch_dice_<name>``
+    per region or label, each a ``GlobalDice`` over all the fixed validation patches.
+
+    >>> sorted(patch_dice_metrics("regions"))
+    ['patch_dice_ET', 'patch_dice_TC', 'patch_dice_WT', 'patch_mean_dice']
+    """
+    names = output_names(output_mode, label_names)
+    offset = 0 if output_mode == "regions" else 1
+    metrics = {"patch_mean_dice": GlobalDice(channels=range(offset, offset + len(names)))}
+    for i, name in enumerate(names):
+        metrics[f"patch_dice_{name}"] = GlobalDice(channels=[i + offset])
+    return metrics
+
+
+class FixedPatches(Dataset):
+    """A fixed, seeded set of ``samples`` validation patches, cut once and kept in memory.
+
+    The patches are spread over the validation cases, as evenly as the count allows (with more cases than
+    patches, evenly spaced cases give one each). Each case is loaded once (``load``), then ``crop`` (the
+    random patch sampling and the training target, e.g. the bundle's class-balanced crop) is applied with a
+    seed drawn from ``(seed, case)`` until the case's share is cut. Built on first use, so a workflow that
+    never validates on patches never reads the cases. Memory: ``samples`` patches of image and target.
+
+    Args:
+        data: the validation datalist.
+        load: a case's deterministic loading (its result is what ``crop`` receives).
+        crop: random patch sampling and target encoding; returns one patch (a dict) or a list of them.
+        samples: patches in all; 0 leaves the set empty.
+        seed: the run's seed.
+    """
+
+    def __init__(
+        self, data: Sequence[Mapping[str, Any]], load: Callable, crop: Callable, samples: int, seed: int = 0
+    ) -> None:
+        if isinstance(samples, bool) or samples < 0:
+            raise ValueError(f"samples must be an integer >= 0, got {samples!r}")
+        self.data, self.load, self.crop = list(data), load, crop
+        self.samples, self.seed = int(samples), int(seed)
+        self._patches: list[dict[str, Any]] | None = None
+
+    def shares(self) -> list[tuple[int, int]]:
+        """``(case index, patches)`` of each case that gives patches, in datalist order."""
+        cases = len(self.data)
+        if not cases or not self.samples:
+            return []
+        if self.samples < cases:
+            picked = np.unique(np.linspace(0, cases - 1, self.samples).round().astype(int))
+            return [(int(i), 1) for i in picked]
+        base, extra = divmod(self.samples, cases)
+        return [(i, base + (i < extra)) for i in range(cases)]
+
+    @property
+    def patches(self) -> list[dict[str, Any]]:
+        if self._patches is None:
+            patches: list[dict[str, Any]] = []
+            for index, count in self.shares():
+                case = self.load(dict(self.data[index]))
+                rng = np.random.default_rng([self.seed, index])
+                cut: list[dict[str, Any]] = []
+                while len(cut) < count:
+                    set_rnd(self.crop, int(rng.integers(0, 2**31 - 1)))
+                    out = self.crop(dict(case))
+                    cut += out if isinstance(out, list) else [out]
+                patches += [_plain(patch) for patch in cut[:count]]
+            self._patches = patches
+        return self._patches
+
+    def __len__(self) -> int:
+        return len(self.patches)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.patches[index]
+
+
+def _plain(patch: Mapping[str, Any]) -> dict[str, Any]:
+    """A patch's image and label alone, as plain contiguous tensors (no metadata, no transform record)."""
+    return {key: torch.as_tensor(patch[key]).as_subclass(torch.Tensor).contiguous() for key in ("image", "label")}

@@ -59,6 +59,21 @@ class NormalizeNonZero(Transform):
         return self._normalize(img)
 
 
+class NonZero:
+    """``x != 0`` as a picklable callable: ``CropForegroundd``'s ``select_fn`` for skull-stripped, z-scored MRI,
+    whose brain voxels may be negative in every channel (MONAI's default keeps ``x > 0`` only).
+
+    >>> NonZero()(torch.tensor([-1.0, 0.0, 2.0])).tolist()
+    [True, False, True]
+    """
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x != 0
+
+    def __repr__(self) -> str:
+        return "NonZero()"
+
+
 class CheckFinite(Transform):
     """Refuse an image with NaN or infinite voxels (``InputError`` naming its file), pass it through otherwise.
 

@@ -13,10 +13,12 @@ import torch
 
 from medseg3d.core.checkpoint_format import load_checkpoint
 from medseg3d.networks import res_unet
+from medseg3d.training.handlers.metrics_csv import TIME_COLUMNS
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "brats_mri_resunet_3d"
 TINY = [
-    "--max_epochs", "2", "--val_interval", "1", "--roi_size", "[32,32,32]", "--num_workers", "0",
+    "--max_epochs", "2", "--val_interval", "1", "--iterations_per_epoch", "None", "--roi_size", "[32,32,32]",
+    "--num_workers", "0",
     "--network_def#channels", "[4,8,16]", "--network_def#strides", "[2,2]",
 ]  # fmt: skip
 
@@ -114,7 +116,7 @@ def test_medseg3d_train_matches_monai_bundle_run(prepared: Path, tmp_path: Path)
 
 def _metrics_without_time(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+        return [{k: v for k, v in row.items() if k not in TIME_COLUMNS} for row in csv.DictReader(f)]
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from ignite.engine import Events
 from medseg3d.bundle.workflow import make_workflow, run_bundle, run_workflow
 from medseg3d.core.checkpoint_format import load_checkpoint
 from medseg3d.core.errors import InputError
+from medseg3d.training.handlers.metrics_csv import TIME_COLUMNS
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "brats_mri_resunet_3d"
 # The 2.5D cases are slow only because the fast suite already resumes that bundle mid-epoch
@@ -28,16 +29,25 @@ BUNDLES = [
     pytest.param("ct_aorta_resunet_3d", id="ct_aorta_resunet_3d"),
 ]
 # 2 training cases, batch 1: 2 iterations per epoch, so a stop can fall mid-epoch.
-RUN = {"max_epochs": 3, "val_interval": 1, "num_workers": 0, "batch_size": 1, "prob_noise": 0.5, "prob_flip": 0.5}
+RUN = {
+    "max_epochs": 3,
+    "val_interval": 1,
+    "iterations_per_epoch": None,
+    "num_workers": 0,
+    "batch_size": 1,
+    "prob_noise": 0.5,
+    "prob_flip": 0.5,
+}
 TINY = {
-    "max_epochs": 3, "val_interval": 1, "roi_size": [32, 32, 32], "num_workers": 0, "batch_size": 1,
+    "max_epochs": 3, "val_interval": 1, "iterations_per_epoch": None, "roi_size": [32, 32, 32], "num_workers": 0,
+    "batch_size": 1,
     "network_def#channels": [4, 8, 16], "network_def#strides": [2, 2], "prob_noise": 0.5, "prob_flip": 0.5,
 }  # fmt: skip
 
 
 def _metrics(run_dir: Path) -> list[dict[str, str]]:
     with open(run_dir / "metrics.csv", newline="") as f:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+        return [{k: v for k, v in row.items() if k not in TIME_COLUMNS} for row in csv.DictReader(f)]
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +106,27 @@ def test_interrupt_then_resume_equals_uninterrupted(
     assert_same_run(references(name), run_dir)
     record = json.loads((run_dir / "run.json").read_text())
     assert [r["iteration"] for r in record["resumed"]] == [stopped_at]
+
+
+def test_a_fixed_epoch_resumes_exactly(tiny_bundle, tmp_path: Path, assert_same_run) -> None:
+    """The default epoch is a fixed number of draws (here 3 from 2 training cases, so cases repeat within an epoch,
+    each draw with its own patch): stopped in the middle of epoch 2 and resumed, the run ends as one never stopped."""
+    bundle, dataset, tiny = tiny_bundle("brats_mri_resunet_3d")
+    fixed = {**tiny, **RUN, "iterations_per_epoch": 3, "dataset_dir": str(dataset)}
+    reference = tmp_path / "reference"
+    run_bundle(bundle, "train", {**fixed, "output_dir": str(reference)})
+    assert [int(r["iteration"]) for r in _metrics(reference)] == [3, 6, 9]
+
+    run_dir = tmp_path / "run"
+    workflow = make_workflow(bundle, "train", {**fixed, "output_dir": str(run_dir)})
+    workflow.initialize()
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    trainer.add_event_handler(Events.ITERATION_STARTED(once=5), lambda: os.kill(os.getpid(), signal.SIGINT))
+    with pytest.raises(SystemExit):
+        workflow.run()
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["trainer"]["iteration"] == 5
+    run_workflow(make_workflow(bundle, "train", {**fixed, "output_dir": str(run_dir), "resume": True}))
+    assert_same_run(reference, run_dir)
 
 
 @pytest.mark.parametrize(

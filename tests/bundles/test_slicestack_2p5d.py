@@ -21,13 +21,15 @@ from medseg3d.bundle.workflow import make_workflow, run_bundle, run_workflow
 from medseg3d.core.checkpoint_format import load_checkpoint
 from medseg3d.core.io import save_nifti
 from medseg3d.networks import res_unet
+from medseg3d.training.handlers.metrics_csv import TIME_COLUMNS
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "brats_mri_slicestack_2p5d"
 CONFIGS = "['configs/common.yaml','configs/train.yaml']"
 # tiny cases are 48x40x32: in-plane patch 32x32, 2 slabs per volume, a 3-level 2D network
 TINY = {
-    "max_epochs": 2, "val_interval": 1, "roi_size": [32, 32], "num_workers": 0, "num_samples": 2,
+    "max_epochs": 2, "val_interval": 1, "iterations_per_epoch": None, "roi_size": [32, 32], "num_workers": 0,
+    "num_samples": 2,
     "network_def#channels": [4, 8, 16], "network_def#strides": [2, 2],
 }  # fmt: skip
 SPATIAL = ("prob_rotate", "prob_zoom", "prob_elastic", "prob_flip")
@@ -40,7 +42,7 @@ def _args(overrides: dict) -> list[str]:
 
 def _metrics(run_dir: Path) -> list[dict[str, str]]:
     with open(run_dir / "metrics.csv", newline="") as f:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+        return [{k: v for k, v in row.items() if k not in TIME_COLUMNS} for row in csv.DictReader(f)]
 
 
 @pytest.mark.parametrize("workflow", ["train", "evaluate", "inference"])

@@ -616,7 +616,8 @@ def ct_dataset(tmp_path_factory) -> Path:
 
 def _train(dataset_dir: Path, output_dir: Path, *overrides: Any) -> Run:
     return medseg3d("train", "--bundle", CT_BUNDLE, "--dataset_dir", dataset_dir, "--output_dir", output_dir,
-                    *NETWORK_ARGS, "--max_epochs", "1", "--num_workers", "0", *overrides)  # fmt: skip
+                    *NETWORK_ARGS, "--max_epochs", "1", "--iterations_per_epoch", "None", "--num_workers", "0",
+                    *overrides)  # fmt: skip
 
 
 def _train_max_epochs_abc(tmp: Path, dataset: Path) -> None:

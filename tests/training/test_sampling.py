@@ -43,6 +43,33 @@ def test_ranks_share_the_epoch_between_them() -> None:
     assert seeds == dict(_epoch(ResumableSampler(range(9), seed=1), 2))  # a case's seed is the same on any rank
 
 
+def test_a_fixed_epoch_draws_every_case_equally_often_with_its_own_seeds() -> None:
+    sampler = ResumableSampler(range(3), seed=2, epoch_samples=10)
+    first, again = _epoch(sampler, 1), _epoch(ResumableSampler(range(3), seed=2, epoch_samples=10), 1)
+    assert first == again and len(sampler) == 10
+    counts = np.bincount([index for index, _ in first], minlength=3)
+    assert counts.max() - counts.min() <= 1  # whole passes laid end to end
+    assert len({seed for _, seed in first}) == 10  # a case drawn twice gets two different patches
+    assert _epoch(sampler, 2) != first
+    sampler.set_epoch(1)
+    sampler.skip_next(4)
+    assert list(sampler) == first[4:]  # resuming mid-epoch, as with one pass
+
+
+def test_ranks_share_a_fixed_epoch() -> None:
+    ranks = [ResumableSampler(range(5), seed=1, num_replicas=2, rank=r, epoch_samples=6) for r in range(2)]
+    shards = [_epoch(sampler, 3) for sampler in ranks]
+    assert [len(shard) for shard in shards] == [6, 6]
+    single = _epoch(ResumableSampler(range(5), seed=1, num_replicas=1, rank=0, epoch_samples=12), 3)
+    assert sorted(shards[0] + shards[1]) == sorted(single)  # the ranks split the single process's draws
+
+
+@pytest.mark.parametrize("samples", [0, -3, True])
+def test_a_fixed_epoch_needs_a_positive_length(samples) -> None:
+    with pytest.raises(ValueError, match="epoch_samples"):
+        ResumableSampler(range(3), epoch_samples=samples)
+
+
 def test_seeded_dataset_gives_a_case_the_same_augmentation_whatever_came_before() -> None:
     data = [{"image": torch.arange(2 * 12 * 10 * 6, dtype=torch.float32).reshape(2, 12, 10, 6) + i} for i in range(3)]
     transform = Compose(

@@ -9,6 +9,8 @@ from medseg3d.training.handlers.graceful_stop import GracefulStop, exit_if_inter
 from medseg3d.training.handlers.load_weights import LoadWeights
 from medseg3d.training.handlers.metrics_csv import MetricsCSV
 from medseg3d.training.handlers.run_record import RunRecord
+from medseg3d.training.handlers.time_budget import TimeBudget
+from medseg3d.training.handlers.validation_schedule import ValidationSchedule
 
 __all__ = [
     "Checkpoints",
@@ -18,6 +20,8 @@ __all__ = [
     "LoadWeights",
     "MetricsCSV",
     "RunRecord",
+    "TimeBudget",
+    "ValidationSchedule",
     "exit_if_interrupted",
     "ignore_stop_signals",
     "plot_curves",

@@ -166,7 +166,8 @@ class Checkpoints:
             raise InputError(
                 path,
                 f"saved with {position['epoch_length']} iterations per epoch, but this run has {epoch_length}: "
-                "the dataset, fold or batch size changed, so it cannot continue exactly",
+                "iterations_per_epoch or the batch size changed (or, with one pass over the cases per epoch, the "
+                "dataset or fold), so it cannot continue exactly",
             )
         max_epochs = engine.state.max_epochs or position["max_epochs"]
         if training_complete(position, max_epochs):

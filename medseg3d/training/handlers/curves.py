@@ -13,7 +13,8 @@ from medseg3d.core.io import atomic_path
 
 
 def plot_curves(metrics_csv: str | os.PathLike, out_png: str | os.PathLike) -> Path | None:
-    """Draw train loss (left) and every ``val_`` metric (right) against epoch; None when nothing to draw."""
+    """Draw train loss (left) and every ``val_`` (full validation: dots) and ``patch_`` (per-epoch patch check:
+    dashed) metric (right) against epoch; None when nothing to draw."""
     with open(metrics_csv, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows:
@@ -25,10 +26,11 @@ def plot_curves(metrics_csv: str | os.PathLike, out_png: str | os.PathLike) -> P
         loss_ax.plot(*zip(*points, strict=True), marker=".", label="train loss")
     loss_ax.set(xlabel="epoch", ylabel="loss", title="training")
     loss_ax.legend(loc="upper right")
-    for name in [key for key in rows[0] if key.startswith("val_")]:
+    for name in [key for key in rows[0] if key.startswith(("val_", "patch_"))]:
         points = [(int(r["epoch"]), float(r[name])) for r in rows if r.get(name)]
         if points:
-            val_ax.plot(*zip(*points, strict=True), marker="o", label=name[4:])
+            style = {"marker": "o"} if name.startswith("val_") else {"linestyle": "--"}
+            val_ax.plot(*zip(*points, strict=True), label=name, **style)
     val_ax.set(xlabel="epoch", ylabel="metric", title="validation")
     if val_ax.lines:
         val_ax.legend(loc="lower right")

@@ -16,6 +16,8 @@ from ignite.engine import Engine, Events
 from medseg3d.core.io import write_text
 
 FIXED_COLUMNS = ("epoch", "iteration", "train_loss", "lr", "seconds")
+# the columns read off the clock: two runs that trained the same differ in these alone
+TIME_COLUMNS = ("seconds", "validation_seconds", "validation_share")
 
 
 def _default_loss(output: Any) -> float:
@@ -27,10 +29,14 @@ def _default_loss(output: Any) -> float:
 
 
 class MetricsCSV:
-    """Write ``output_dir/metrics.csv``: epoch, iteration, mean train loss, learning rate, seconds, and
-    every metric the validation ``evaluator`` computed at that epoch (``val_`` columns), blank otherwise.
+    """Write ``output_dir/metrics.csv``: epoch, iteration, mean train loss, learning rate, seconds, every metric
+    the full validation ``evaluator`` computed at that epoch (``val_`` columns, blank when it did not run), every
+    metric of the ``patch_evaluator`` (``patch_`` columns) and, with a ``schedule``, the seconds of the epoch's
+    full validation and the full validations' share of the wall time so far (``validation_seconds``,
+    ``validation_share``). ``seconds`` is the epoch's training and patch check, without the full validation.
 
-    Attach it after MONAI's ``ValidationHandler`` so the evaluator has run when the row is written. When
+    Attach it after the validation (``ValidationSchedule`` or MONAI's ``ValidationHandler``) so the evaluators
+    have run when the row is written. When
     a run resumes, rows past the restored epoch (written before a crash, after the last checkpoint) are
     dropped, so the file always matches the weights; a run resumed mid-epoch carries the losses of that
     epoch's first part over from the checkpoint (``state_dict``, saved by ``Checkpoints``).
@@ -38,7 +44,9 @@ class MetricsCSV:
     Args:
         output_dir: the run directory.
         optimizer: its first parameter group's ``lr`` is recorded.
-        evaluator: the validation engine, or None.
+        evaluator: the (full) validation engine, or None.
+        patch_evaluator: the per-epoch patch check, or None.
+        schedule: the ``ValidationSchedule`` whose timing is recorded, or None.
         loss_transform: iteration output -> loss float.
         filename: name of the file in ``output_dir``.
     """
@@ -50,10 +58,14 @@ class MetricsCSV:
         evaluator: Engine | None = None,
         loss_transform: Callable[[Any], float] = _default_loss,
         filename: str = "metrics.csv",
+        patch_evaluator: Engine | None = None,
+        schedule: Any = None,
     ) -> None:
         self.path = Path(output_dir) / filename
         self.optimizer = optimizer
         self.evaluator = evaluator
+        self.patch_evaluator = patch_evaluator
+        self.schedule = schedule
         self.loss_transform = loss_transform
         self.rows: list[dict[str, Any]] = []
         self._losses: list[float] = []
@@ -100,13 +112,17 @@ class MetricsCSV:
             "iteration": engine.state.iteration,
             "train_loss": f"{sum(losses) / len(losses):.6g}" if losses else "",
             "lr": f"{self.optimizer.param_groups[0]['lr']:.6g}" if self.optimizer is not None else "",
-            "seconds": f"{time.perf_counter() - self._epoch_start:.3f}",
         }
-        evaluator = self.evaluator
-        if evaluator is not None and evaluator.state.epoch == engine.state.epoch:
-            for name, value in evaluator.state.metrics.items():
-                if isinstance(value, int | float) or (hasattr(value, "numel") and value.numel() == 1):
-                    row[name if name.startswith("val_") else f"val_{name}"] = f"{float(value):.6g}"
+        full_seconds = float(getattr(self.schedule, "last_seconds", 0.0) or 0.0)
+        row["seconds"] = f"{time.perf_counter() - self._epoch_start - full_seconds:.3f}"
+        for evaluator, prefix in ((self.evaluator, "val_"), (self.patch_evaluator, "patch_")):
+            if evaluator is not None and evaluator.state.epoch == engine.state.epoch:
+                for name, value in evaluator.state.metrics.items():
+                    if isinstance(value, int | float) or (hasattr(value, "numel") and value.numel() == 1):
+                        row[name if name.startswith(prefix) else f"{prefix}{name}"] = f"{float(value):.6g}"
+        if self.schedule is not None:
+            row["validation_seconds"] = f"{full_seconds:.3f}"
+            row["validation_share"] = f"{self.schedule.share:.4f}"
         self.rows = [r for r in self.rows if int(r["epoch"]) < engine.state.epoch] + [row]
         self._write()
 
