@@ -12,7 +12,7 @@ from PIL import Image
 
 from medseg3d.training.handlers import Curves, plot_curves
 
-HEADER = "epoch,iteration,train_loss,lr,seconds,val_mean_dice,val_dice_WT\n"
+HEADER = "epoch,iteration,train_loss,lr,seconds,val_mean_dice,val_dice_WT,patch_mean_dice,validation_share\n"
 
 
 def _colours(path: Path) -> int:
@@ -22,17 +22,20 @@ def _colours(path: Path) -> int:
 @pytest.mark.parametrize(
     "rows, loss, metrics",
     [
-        pytest.param(["1,2,0.9,0.01,1.0,,", "2,4,0.7,0.01,1.0,0.4,0.5"], [(1, 0.9), (2, 0.7)],
-                     {"mean_dice": [(2, 0.4)], "dice_WT": [(2, 0.5)]}, id="loss-and-validation"),
-        pytest.param(["1,2,0.9,0.01,1.0,,", "2,4,0.7,0.01,1.0,,"], [(1, 0.9), (2, 0.7)], {}, id="not-validated-yet"),
-        pytest.param(["1,2,,0.01,1.0,0.3,", "2,4,,0.01,1.0,0.4,"], [], {"mean_dice": [(1, 0.3), (2, 0.4)]},
+        pytest.param(["1,2,0.9,0.01,1.0,,,0.2,0", "2,4,0.7,0.01,1.0,0.4,0.5,0.3,0.1"], [(1, 0.9), (2, 0.7)],
+                     {"val_mean_dice": [(2, 0.4)], "val_dice_WT": [(2, 0.5)], "patch_mean_dice": [(1, 0.2), (2, 0.3)]},
+                     id="loss-validation-and-patch-check"),
+        pytest.param(["1,2,0.9,0.01,1.0,,,,", "2,4,0.7,0.01,1.0,,,,"], [(1, 0.9), (2, 0.7)], {},
+                     id="not-validated-yet"),
+        pytest.param(["1,2,,0.01,1.0,0.3,,,", "2,4,,0.01,1.0,0.4,,,"], [], {"val_mean_dice": [(1, 0.3), (2, 0.4)]},
                      id="no-loss-one-metric"),
     ],
 )  # fmt: skip
 def test_plot_draws_what_the_file_holds(
     tmp_path: Path, monkeypatch, rows: list[str], loss: list, metrics: dict
 ) -> None:
-    """A curve per column with values, against epoch: train loss on the left, each ``val_`` metric on the right."""
+    """A curve per column with values, against epoch: train loss on the left, each ``val_`` (full validation) and
+    ``patch_`` (patch check) metric on the right; the timing columns are not drawn."""
     (tmp_path / "metrics.csv").write_text(HEADER + "\n".join(rows) + "\n")
     saved: list[Figure] = []
     savefig = Figure.savefig

@@ -90,3 +90,36 @@ def test_curves_rejects_bad_interval(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="every must be >= 1"):
         Curves(tmp_path, every=0)
+
+
+def test_patch_check_and_validation_timing_columns(tmp_path: Path) -> None:
+    """The patch check's metrics every epoch (``patch_`` columns), the full validation's at its epochs (``val_``),
+    and from the schedule the seconds of the epoch's full validation and the share so far."""
+    trainer = Engine(lambda engine, batch: [{"loss": torch.tensor(1.0)}])
+    full, patches = Engine(lambda engine, batch: batch), Engine(lambda engine, batch: batch)
+
+    class Schedule:  # what MetricsCSV reads of a ValidationSchedule
+        last_seconds, share = 0.0, 0.0
+
+    schedule = Schedule()
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def _validate(engine: Engine) -> None:
+        for evaluator, name in ((patches, "patch_mean_dice"), (full, "val_mean_dice")):
+            if evaluator is full and engine.state.epoch != 2:
+                schedule.last_seconds = 0.0
+                continue
+            evaluator.state.max_epochs = None
+            evaluator.run([0], max_epochs=1)
+            evaluator.state.epoch = engine.state.epoch
+            evaluator.state.metrics = {name: 0.25 * engine.state.epoch}
+        if engine.state.epoch == 2:
+            schedule.last_seconds, schedule.share = 1.5, 0.125
+
+    MetricsCSV(tmp_path, evaluator=full, patch_evaluator=patches, schedule=schedule).attach(trainer)
+    trainer.run([1.0], max_epochs=3)
+    rows = _rows(tmp_path / "metrics.csv")
+    assert [r["patch_mean_dice"] for r in rows] == ["0.25", "0.5", "0.75"]
+    assert [r["val_mean_dice"] for r in rows] == ["", "0.5", ""]
+    assert [r["validation_seconds"] for r in rows] == ["0.000", "1.500", "0.000"]
+    assert [r["validation_share"] for r in rows] == ["0.0000", "0.1250", "0.1250"]
