@@ -65,7 +65,8 @@ def prepared_load_transforms(keys: Sequence[str] = ("image", "label")) -> list:
 def nonzero_box(keys: Sequence[str] = ("image", "label"), margin: int | Sequence[int] = 0) -> list:
     """Crop a training case to the box of its non-zero image voxels (any channel), plus ``margin``: nnU-Net's
     crop to the non-zero region. With the inferer's margin of 8, the box is 44% of a prepared 240x240x160 BraTS
-    phantom: the cache holds less than half of each case and no background patch is centred in the air outside. Training only: validation and ``medseg3d infer`` tile
+    phantom: the cache holds less than half of each case and no background patch is centred in the air outside.
+    Training only: validation and ``medseg3d infer`` tile
     the same box themselves (``FastSlidingWindowInferer(crop_foreground=True)``, whose ``margin`` the bundles
     pass here, so training sees the band of air inference sees) and write the label map on the whole input grid,
     background outside the box.
