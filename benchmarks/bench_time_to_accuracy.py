@@ -105,14 +105,14 @@ def _snapshot(run_dir: Path, budget: float) -> Path:
     return target
 
 
-def held_out_scores(bundle: Path, checkpoint: Path, raw: Path, out: Path) -> dict:
+def held_out_scores(bundle: Path, checkpoint: Path, raw: Path, out: Path, overrides: list[str] = ()) -> dict:
     """``medseg3d infer`` then ``medseg3d evaluate`` over a raw tree; mean Dice and WT volume errors."""
     if not checkpoint.is_file():
         return {"error": f"no checkpoint {checkpoint.name}"}
     shutil.rmtree(out, ignore_errors=True)
     start = time.monotonic()
     subprocess.run(
-        [*MEDSEG3D, "infer", "--bundle", str(bundle), "--checkpoint", str(checkpoint), str(raw), str(out)],
+        [*MEDSEG3D, "infer", "--bundle", str(bundle), "--checkpoint", str(checkpoint), str(raw), str(out), *overrides],
         check=True,
         stdout=subprocess.DEVNULL,
     )
@@ -147,8 +147,17 @@ def main() -> int:
     parser.add_argument("--shifted", action="store_true", help="also score phantoms of another scanner")
     parser.add_argument("--work", type=Path, default=None, help="working folder (kept; data reused when there)")
     parser.add_argument("--label", default="", help="a name for this configuration in the result lines")
+    parser.add_argument(
+        "--infer-set",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("KEY", "VALUE"),
+        help="an override of the inference config for the held-out segmentation (repeatable)",
+    )
     args, overrides = parser.parse_known_args()
     overrides = [o for o in overrides if o != "--"]
+    infer_overrides = [part for key, value in args.infer_set for part in (f"--{key}", value)]
 
     work = args.work or Path(tempfile.mkdtemp(prefix="time_to_accuracy_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -188,9 +197,11 @@ def main() -> int:
                 "budget_s": budget,
                 "case": f"{args.cases} phantoms {shape_name}, held-out {args.held_out} of seed 1000",
                 "overrides": overrides,
+                "infer_overrides": infer_overrides,
             }
             for name, tree in held.items():
-                scores = held_out_scores(bundle, checkpoint, tree, work / f"pred_{run_dir.name}_{budget:.0f}_{name}")
+                out = work / f"pred_{run_dir.name}_{budget:.0f}_{name}"
+                scores = held_out_scores(bundle, checkpoint, tree, out, infer_overrides)
                 record.update({f"{name}_{k}" if name != "same" else k: v for k, v in scores.items()})
             record.update(
                 {"curve": curve, "run_dir": str(run_dir), "device": device_name(), "date": time.strftime("%Y-%m-%d")}

@@ -27,8 +27,10 @@ class ValidationSchedule:
 
     After each epoch: the full validation runs when the time spent on full validations so far plus the
     expected cost of one more is at most ``time_share`` of the time since the run started (across resumes),
-    or when the epoch is the last (``max_epochs``), or with ``interval`` every ``interval`` epochs. Its
-    expected cost is the last one measured; before the first, the seconds of the epoch just trained.
+    and, counting the validation the last epoch will run, at most ``time_share`` of the run's projected
+    length (so that a short run, e.g. under ``--max_minutes``, ends within its share too); or when the epoch
+    is the last (``max_epochs``); or with ``interval`` every ``interval`` epochs. Its expected cost is the
+    last one measured; before the first, the seconds of the epoch just trained.
     ``last_seconds`` (this epoch's full validation, 0 when none ran) and ``share`` (the full validations'
     share of the wall time so far) are what ``MetricsCSV`` records; each full validation logs both.
 
@@ -60,6 +62,7 @@ class ValidationSchedule:
         self.last_seconds = 0.0
         self._started = 0.0
         self._epoch_started = 0.0
+        self._epoch_costs: list[float] = []  # this session's epochs, training and patch check
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._run_started)
@@ -102,12 +105,20 @@ class ValidationSchedule:
         if self.interval is not None:
             return epoch % self.interval == 0
         cost = self.last_cost if self.last_cost is not None else epoch_seconds
-        return self.spent + cost <= self.time_share * self.elapsed()
+        elapsed = self.elapsed()
+        if self.spent + cost > self.time_share * elapsed:
+            return False
+        if engine.state.max_epochs is None or not self._epoch_costs:
+            return True
+        per_epoch = sum(self._epoch_costs) / len(self._epoch_costs)
+        projected = elapsed + (engine.state.max_epochs - epoch) * per_epoch + cost
+        return self.spent + 2 * cost <= self.time_share * projected
 
     def _epoch_completed(self, engine: Engine) -> None:
-        epoch_seconds = self.clock() - self._epoch_started
         if self.patch_evaluator is not None and len(self.patch_evaluator.data_loader.dataset):
             self.patch_evaluator.run(engine.state.epoch)
+        epoch_seconds = self.clock() - self._epoch_started  # training and patch check
+        self._epoch_costs.append(epoch_seconds)
         self.last_seconds = 0.0
         if not from_rank_zero(self.due(engine, epoch_seconds)):  # under DDP, every rank as rank 0 decides
             return
