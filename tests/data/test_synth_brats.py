@@ -200,6 +200,35 @@ def test_contrasts():
         assert mean("flair", csf) < mean("flair", wm)
 
 
+def test_another_scanner_draws_the_same_anatomy_with_other_intensities():
+    """``scanner="shifted"``: the seed's anatomy and labels, other contrasts, bias and noise; the default scanner's
+    phantoms are the ones they always were (its random stream is unchanged)."""
+    default, shifted = (make_brats_phantom(SHAPE, seed=5, scanner=name) for name in ("default", "shifted"))
+    assert np.array_equal(default.seg, shifted.seg) and np.array_equal(default.tissue, shifted.tissue)
+    assert all(np.array_equal(default.images[m] > 0, shifted.images[m] > 0) for m in MODALITIES)  # same brain
+    assert all(np.array_equal(default.images[m], make_brats_phantom(SHAPE, seed=5).images[m]) for m in MODALITIES)
+
+    def contrast(phantom, modality: str, label: int) -> float:
+        """A tumour class's mean over white matter's, in one sequence."""
+        wm = (phantom.seg == 0) & (phantom.tissue == TISSUES["WM"])
+        return float(phantom.images[modality][phantom.seg == label].mean() / phantom.images[modality][wm].mean())
+
+    ratios = [contrast(p, m, label) for p in (default, shifted) for m in MODALITIES for label in (1, 2, 4)]
+    differences = np.abs(np.subtract(ratios[:12], ratios[12:])) / np.asarray(ratios[:12])
+    assert differences.max() > 0.03  # other contrasts
+    assert mean_noise(shifted) > 1.5 * mean_noise(default)  # and more noise
+    with pytest.raises(ValueError, match="scanner must be one of"):
+        make_brats_phantom(SHAPE, seed=5, scanner="mri")
+
+
+def mean_noise(phantom) -> float:
+    """The spread of white matter's T1 between neighbouring voxels, relative to its level: mostly noise."""
+    t1 = phantom.images["t1"].astype(np.float64)
+    wm = (phantom.seg == 0) & (phantom.tissue == TISSUES["WM"])
+    both = wm[1:] & wm[:-1]
+    return float(np.std((t1[1:] - t1[:-1])[both]) / t1[wm].mean())
+
+
 def test_sub_regions_nested_and_sized():
     lgg_without_et = 0
     centres = set()

@@ -3,6 +3,7 @@ the end; TimeBudget: a run planned to end within its minutes, its learning rate 
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -45,7 +46,8 @@ def _train(make_trainer, clock: Clock, handlers, max_epochs: int, cases: int = 4
     return tiny
 
 
-def test_full_validation_keeps_to_its_share_and_runs_at_the_end(make_trainer) -> None:
+def test_full_validation_keeps_to_its_share_and_runs_at_the_end(make_trainer, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="medseg3d.training.handlers.validation_schedule")
     clock = Clock()
     full, patches = TimedEvaluator(clock, cost=3.0), TimedEvaluator(clock, cost=0.0)
     schedule = ValidationSchedule(full, patch_evaluator=patches, time_share=0.2, clock=clock)
@@ -58,6 +60,10 @@ def test_full_validation_keeps_to_its_share_and_runs_at_the_end(make_trainer) ->
     assert full.epochs == [5, 7, 12]
     assert schedule.spent == pytest.approx(9.0)
     assert schedule.share == pytest.approx(9.0 / (48 + 9.0)) and schedule.share <= 0.2
+    logged = [r.getMessage() for r in caplog.records if "full validation took" in r.getMessage()]
+    assert len(logged) == 3 and logged[-1] == (
+        "epoch 12: full validation took 3.0 s; full validations so far 9 s, 15.8% of 57 s wall time"
+    )
 
 
 def test_interval_validates_every_n_epochs_and_at_the_end(make_trainer) -> None:
