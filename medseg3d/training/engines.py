@@ -73,6 +73,8 @@ class TrainHandlers:
         patch_evaluator: the per-epoch check on fixed validation patches, or None.
         val_time_share: the largest share of wall time the full validations take (``ValidationSchedule``).
         max_minutes: a wall-clock budget for the run (``TimeBudget``), or None.
+        run_start: the ``time.monotonic()`` reading the budget counts from (the bundles: when their workflow
+            initializes); None: when the trainer starts.
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class TrainHandlers:
         patch_evaluator: Engine | None = None,
         val_time_share: float = 0.1,
         max_minutes: float | None = None,
+        run_start: float | None = None,
     ) -> None:
         rank = get_rank() if rank is None else rank
         self.schedule = ValidationSchedule(
@@ -98,7 +101,13 @@ class TrainHandlers:
         self.time_budget = (
             None
             if max_minutes is None
-            else TimeBudget(max_minutes, lr_scheduler=lr_scheduler, schedule=self.schedule, time_share=val_time_share)
+            else TimeBudget(
+                max_minutes,
+                lr_scheduler=lr_scheduler,
+                schedule=self.schedule,
+                time_share=val_time_share,
+                start=run_start,
+            )
         )
         self.metrics_csv = MetricsCSV(
             output_dir,

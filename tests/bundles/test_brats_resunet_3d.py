@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from medseg3d.bundle.workflow import run_bundle
 from medseg3d.core.checkpoint_format import load_checkpoint
 from medseg3d.networks import res_unet
 from medseg3d.training.handlers.metrics_csv import TIME_COLUMNS
@@ -141,3 +142,26 @@ def test_bad_train_overrides_fail_before_training(capsys, overrides: list[str], 
 
     assert main(["train", "--bundle", str(BUNDLE), *overrides]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_time_budget_plans_the_run_and_anneals_it_to_the_end(prepared: Path, tmp_path: Path) -> None:
+    """``--max_minutes``: the run plans its epochs (here capped by ``max_epochs``), shortens the learning-rate
+    schedule to them so the rate reaches zero with the last epoch, validates in full at that epoch, checks the
+    fixed patches every epoch and records the plan in its checkpoints."""
+    run_dir = tmp_path / "run"
+    overrides = {
+        "roi_size": [32, 32, 32], "num_workers": 0, "network_def#channels": [4, 8, 16], "network_def#strides": [2, 2],
+        "dataset_dir": str(prepared), "output_dir": str(run_dir), "max_epochs": 3, "iterations_per_epoch": 2,
+        "max_minutes": 10, "patch_val_samples": 4,
+    }  # fmt: skip
+    run_bundle(BUNDLE, "train", overrides)
+    with open(run_dir / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["iteration"]) for r in rows] == [2, 4, 6]
+    assert float(rows[-1]["lr"]) == 0.0 and float(rows[0]["lr"]) > 0.0  # poly decay over the planned 6 steps
+    assert rows[-1]["val_mean_dice"] != ""  # the last epoch's full validation
+    assert all(r["patch_mean_dice"] != "" for r in rows)  # the patch check, every epoch
+    assert 0.0 <= float(rows[-1]["validation_share"]) <= 1.0
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert last["stateful"]["time_budget"]["planned"] == 3 and last["lr_scheduler"]["total_iters"] == 6
+    assert last["stateful"]["time_budget"]["elapsed"] > 0

@@ -3,15 +3,14 @@
 A run stopped by Ctrl+C after 15 minutes still has the learning rate a 300-epoch schedule starts with; the
 schedule's annealing, where much of the accuracy comes from, never happens. ``TimeBudget`` plans the number of
 epochs from the time they take, and plans again after every epoch (machines are noisy), so the run ends, its
-learning rate at zero and its final full validation done, within the budget. The budget counts from the start of
-the process (loading and caching the data included), across resumes.
+learning rate at zero and its final full validation done, within the budget. The budget counts from ``start`` (the
+bundles pass the moment their workflow initializes, before the data are loaded and cached), across resumes.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from typing import Any
 
@@ -21,21 +20,6 @@ from medseg3d.core.ranks import from_rank_zero
 from medseg3d.training.optim import rescale_schedule
 
 logger = logging.getLogger(__name__)
-
-
-def process_seconds() -> float:
-    """Seconds since this process started (Linux: from ``/proc``); elsewhere since this module was imported."""
-    try:
-        with open(f"/proc/{os.getpid()}/stat") as f:
-            start_ticks = float(f.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/uptime") as f:
-            uptime = float(f.read().split()[0])
-        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
-        return time.monotonic() - _IMPORTED
-
-
-_IMPORTED = time.monotonic()
 
 
 class TimeBudget:
@@ -55,7 +39,8 @@ class TimeBudget:
         lr_scheduler: the per-iteration schedule to fit to the planned length (``rescale_schedule``), or None.
         schedule: the ``ValidationSchedule`` (its measured full-validation cost), or None.
         time_share: the share of time left to full validations on the way (``ValidationSchedule``'s).
-        clock: seconds since the process started (tests pass their own).
+        start: the ``clock`` reading the budget counts from; None: when the trainer starts.
+        clock: seconds, monotonic (tests pass their own).
     """
 
     def __init__(
@@ -64,13 +49,15 @@ class TimeBudget:
         lr_scheduler: Any = None,
         schedule: Any = None,
         time_share: float = 0.1,
-        clock: Any = process_seconds,
+        start: float | None = None,
+        clock: Any = time.monotonic,
     ) -> None:
         if not minutes > 0 or not math.isfinite(minutes):
             raise ValueError(f"max_minutes must be a number > 0, got {minutes!r}")
         self.budget = 60.0 * float(minutes)
         self.lr_scheduler, self.schedule = lr_scheduler, schedule
         self.time_share, self.clock = float(time_share), clock
+        self.start = start
         self.planned: int | None = None
         self.cap: int | None = None
         self.elapsed_before = 0.0  # seconds of the earlier sessions of a resumed run
@@ -84,8 +71,9 @@ class TimeBudget:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
 
     def elapsed(self) -> float:
-        """Wall seconds of the run: this process's so far, and those of the earlier sessions of a resumed run."""
-        return self.elapsed_before + self.clock()
+        """Wall seconds of the run: this session's since ``start``, and those of the earlier sessions of a resumed
+        run."""
+        return self.elapsed_before + self.clock() - (self.start or 0.0)
 
     def state_dict(self) -> dict[str, float]:
         return {
@@ -101,6 +89,8 @@ class TimeBudget:
         self.training_seconds, self.epochs_timed = float(state["training_seconds"]), int(state["epochs_timed"])
 
     def _started(self, engine: Engine) -> None:
+        if self.start is None:
+            self.start = self.clock()
         self.cap = self.cap or engine.state.max_epochs
         if self.planned is not None:
             self._apply(engine, self.planned)

@@ -102,7 +102,7 @@ def _budget_run(make_trainer, minutes: float, max_epochs: int = 1000):
         holder["scheduler"] = scheduler
         tiny.trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda engine: scheduler.step())
         schedule = ValidationSchedule(full, time_share=0.1, clock=clock)
-        budget = TimeBudget(minutes, lr_scheduler=scheduler, schedule=schedule, time_share=0.1, clock=clock)
+        budget = TimeBudget(minutes, lr_scheduler=scheduler, schedule=schedule, time_share=0.1, start=0.0, clock=clock)
         holder["budget"], holder["schedule"] = budget, schedule
         return [budget, schedule]
 
@@ -130,7 +130,7 @@ def test_time_budget_never_exceeds_max_epochs(make_trainer) -> None:
 def test_time_budget_keeps_its_plan_across_a_resume(make_trainer) -> None:
     tiny, clock, full, holder = _budget_run(make_trainer, minutes=1.0)
     state = holder["budget"].state_dict()
-    resumed = TimeBudget(1.0, clock=Clock())
+    resumed = TimeBudget(1.0, start=0.0, clock=Clock())
     resumed.load_state_dict(state)
     engine = SimpleNamespace(state=SimpleNamespace(max_epochs=1000, epoch_length=4, epoch=3))
     resumed._started(engine)
