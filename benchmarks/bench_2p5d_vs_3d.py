@@ -52,7 +52,7 @@ QUICK = ["--optimizer_name", "adamw", "--learning_rate", "0.01", "--lr_schedule"
 def train_for(bundle: Path, overrides: list[str], prepared: Path, run_dir: Path, budget: float) -> dict:
     """Train ``bundle`` for ``budget`` seconds; the best validation row, when it came, peak memory."""
     command = [*MEDSEG3D, "train", "--bundle", str(bundle), "--dataset_dir", str(prepared)]
-    command += ["--output_dir", str(run_dir), "--val_interval", "2", "--iterations_per_epoch", "None", *overrides]
+    command += ["--output_dir", str(run_dir), "--val_interval", "2", "--iterations_per_epoch", "0", *overrides]
     print(" ".join(command), flush=True)
     start = time.monotonic()
     seen: dict[int, float] = {}

@@ -50,7 +50,7 @@ CASES = {  # case id -> (image, mask, label value in the mask)
 TRAIN = [
     "--optimizer_name", "adamw", "--learning_rate", "0.003", "--lr_schedule", "warmup_cosine",
     "--prob_rotate", "0.4", "--prob_zoom", "0.4", "--prob_noise", "0.2", "--val_interval", "5",
-    "--iterations_per_epoch", "None",  # one pass over the cases per epoch, as when the figures were taken
+    "--iterations_per_epoch", "0",  # one pass over the cases per epoch, as when the figures were taken
 ]  # fmt: skip
 
 

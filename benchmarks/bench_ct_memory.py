@@ -71,7 +71,7 @@ def trained_checkpoint(work: Path, epochs: int, overrides: dict[str, Any]) -> Pa
         "output_dir": str(run),
         "max_epochs": epochs,
         "val_interval": epochs,
-        "iterations_per_epoch": None,
+        "iterations_per_epoch": 0,
     }
     run_bundle(CT_BUNDLE, "train", {**settings, **FAST_SYNTHETIC, **train})
     return run / "checkpoints" / "last.pt"

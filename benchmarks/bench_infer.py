@@ -193,7 +193,7 @@ def trained_checkpoint(work: Path, overrides: dict[str, Any], epochs: int = 50) 
             "output_dir": str(run),
             "max_epochs": epochs,
             "val_interval": epochs,
-            "iterations_per_epoch": None,  # one pass over the cases per epoch, as when the figures were taken
+            "iterations_per_epoch": 0,  # one pass over the cases per epoch, as when the figures were taken
             **FAST_SYNTHETIC,
             **train,
         },

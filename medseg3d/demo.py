@@ -60,7 +60,7 @@ def run_demo(
         "output_dir": str(run_dir),
         "max_epochs": epochs,
         "val_interval": val_interval,
-        "iterations_per_epoch": None,
+        "iterations_per_epoch": 0,
         "seed": seed,
         **FAST_SYNTHETIC,
     }

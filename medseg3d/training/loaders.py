@@ -81,12 +81,13 @@ def training_loader(
         num_workers: worker processes.
         seed: the run's seed.
         iterations_per_epoch: a fixed epoch of this many batches per process, whatever the number of cases
-            (nnU-Net's 250); None: one pass over the cases.
+            (nnU-Net's 250); 0 or None: one pass over the cases (0 also where a runner drops None overrides, as
+            ``python -m monai.bundle run`` does).
     """
-    if iterations_per_epoch is not None and (isinstance(iterations_per_epoch, bool) or iterations_per_epoch < 1):
-        raise ValueError(f"iterations_per_epoch must be None or >= 1, got {iterations_per_epoch!r}")
+    if iterations_per_epoch is not None and (isinstance(iterations_per_epoch, bool) or iterations_per_epoch < 0):
+        raise ValueError(f"iterations_per_epoch must be None or >= 0, got {iterations_per_epoch!r}")
     seeded = SeededDataset(dataset)
-    samples = None if iterations_per_epoch is None else iterations_per_epoch * batch_size
+    samples = iterations_per_epoch * batch_size if iterations_per_epoch else None
     return DataLoader(
         seeded,
         sampler=ResumableSampler(seeded, shuffle=True, seed=seed, epoch_samples=samples),

@@ -85,7 +85,7 @@ def test_train_all_folds_from_the_command_line(tiny_prepared: Path, tmp_path: Pa
     from medseg3d.cli import main
 
     out = tmp_path / "cv"
-    tiny = ["--max_epochs", "1", "--val_interval", "1", "--iterations_per_epoch", "None", "--roi_size", "[32,32,32]",
+    tiny = ["--max_epochs", "1", "--val_interval", "1", "--iterations_per_epoch", "0", "--roi_size", "[32,32,32]",
             "--num_workers", "0", "--network_def#channels", "[4,8,16]", "--network_def#strides", "[2,2]"]  # fmt: skip
     args = ["train", "--bundle", str(BUNDLE), "--folds", "all", "--dataset_dir", str(tiny_prepared)]
     assert main([*args, "--output_dir", str(out), *tiny]) == 0

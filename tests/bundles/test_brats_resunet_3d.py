@@ -18,7 +18,7 @@ from medseg3d.training.handlers.metrics_csv import TIME_COLUMNS
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "brats_mri_resunet_3d"
 TINY = [
-    "--max_epochs", "2", "--val_interval", "1", "--iterations_per_epoch", "None", "--roi_size", "[32,32,32]",
+    "--max_epochs", "2", "--val_interval", "1", "--iterations_per_epoch", "0", "--roi_size", "[32,32,32]",
     "--num_workers", "0",
     "--network_def#channels", "[4,8,16]", "--network_def#strides", "[2,2]",
 ]  # fmt: skip

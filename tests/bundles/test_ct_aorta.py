@@ -22,7 +22,7 @@ from medseg3d.inference.predictor import chunk_slices
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "ct_aorta_resunet_3d"
 NETWORK = {"roi_size": [32, 32, 32], "network_def#channels": [4, 8, 16], "network_def#strides": [2, 2]}
-TINY = {**NETWORK, "max_epochs": 2, "val_interval": 1, "iterations_per_epoch": None, "num_workers": 0}
+TINY = {**NETWORK, "max_epochs": 2, "val_interval": 1, "iterations_per_epoch": 0, "num_workers": 0}
 SHAPE = (64, 56, 40)
 
 

@@ -21,7 +21,7 @@ BUNDLES = ["brats_mri_resunet_3d", "brats_mri_slicestack_2p5d", "ct_aorta_resune
 CONFIGS = ["configs/common.yaml", "configs/train.yaml"]
 DDP_CONFIGS = [*CONFIGS, "configs/multi_gpu_train.yaml"]
 # 4 tiny cases in 2 folds: 2 training cases, one per rank and epoch; 2 validation cases, one per rank.
-EPOCH = {"max_epochs": 1, "val_interval": 1, "iterations_per_epoch": None, "batch_size": 1, "num_workers": 0}
+EPOCH = {"max_epochs": 1, "val_interval": 1, "iterations_per_epoch": 0, "batch_size": 1, "num_workers": 0}
 
 
 # Loaded by every worker through PYTHONPATH: on ranks > 0, an audit hook notes each file opened for

@@ -39,7 +39,7 @@ def trained(tiny_prepared: Path, tmp_path_factory) -> Path:
     """A run directory after one epoch of tiny training (validated once, so ``best.pt`` exists)."""
     run_dir = tmp_path_factory.mktemp("evaluate") / "run"
     overrides = {**TINY, "dataset_dir": str(tiny_prepared), "output_dir": str(run_dir), "max_epochs": 1}
-    run_bundle(BUNDLE, "train", {**overrides, "val_interval": 1, "iterations_per_epoch": None})
+    run_bundle(BUNDLE, "train", {**overrides, "val_interval": 1, "iterations_per_epoch": 0})
     return run_dir
 
 

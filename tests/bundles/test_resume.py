@@ -32,14 +32,14 @@ BUNDLES = [
 RUN = {
     "max_epochs": 3,
     "val_interval": 1,
-    "iterations_per_epoch": None,
+    "iterations_per_epoch": 0,
     "num_workers": 0,
     "batch_size": 1,
     "prob_noise": 0.5,
     "prob_flip": 0.5,
 }
 TINY = {
-    "max_epochs": 3, "val_interval": 1, "iterations_per_epoch": None, "roi_size": [32, 32, 32], "num_workers": 0,
+    "max_epochs": 3, "val_interval": 1, "iterations_per_epoch": 0, "roi_size": [32, 32, 32], "num_workers": 0,
     "batch_size": 1,
     "network_def#channels": [4, 8, 16], "network_def#strides": [2, 2], "prob_noise": 0.5, "prob_flip": 0.5,
 }  # fmt: skip

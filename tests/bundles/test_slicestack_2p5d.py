@@ -28,7 +28,7 @@ BUNDLE = REPO / "bundles" / "brats_mri_slicestack_2p5d"
 CONFIGS = "['configs/common.yaml','configs/train.yaml']"
 # tiny cases are 48x40x32: in-plane patch 32x32, 2 slabs per volume, a 3-level 2D network
 TINY = {
-    "max_epochs": 2, "val_interval": 1, "iterations_per_epoch": None, "roi_size": [32, 32], "num_workers": 0,
+    "max_epochs": 2, "val_interval": 1, "iterations_per_epoch": 0, "roi_size": [32, 32], "num_workers": 0,
     "num_samples": 2,
     "network_def#channels": [4, 8, 16], "network_def#strides": [2, 2],
 }  # fmt: skip

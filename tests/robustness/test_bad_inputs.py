@@ -616,7 +616,7 @@ def ct_dataset(tmp_path_factory) -> Path:
 
 def _train(dataset_dir: Path, output_dir: Path, *overrides: Any) -> Run:
     return medseg3d("train", "--bundle", CT_BUNDLE, "--dataset_dir", dataset_dir, "--output_dir", output_dir,
-                    *NETWORK_ARGS, "--max_epochs", "1", "--iterations_per_epoch", "None", "--num_workers", "0",
+                    *NETWORK_ARGS, "--max_epochs", "1", "--iterations_per_epoch", "0", "--num_workers", "0",
                     *overrides)  # fmt: skip
 
 

@@ -48,7 +48,7 @@ INFER = {"roi_size": [24, 24, 16], "network_def#channels": [4, 8], "network_def#
 INFER_ARGS = [arg for key, value in INFER.items() for arg in (f"--{key}", str(value))]
 # The tiny training run of tests/bundles/test_resume.py: 2 training cases, batch 1, 2 iterations per epoch.
 TRAIN = {
-    "max_epochs": 3, "val_interval": 1, "iterations_per_epoch": None, "roi_size": [32, 32, 32], "num_workers": 0,
+    "max_epochs": 3, "val_interval": 1, "iterations_per_epoch": 0, "roi_size": [32, 32, 32], "num_workers": 0,
     "batch_size": 1,
     "network_def#channels": [4, 8, 16], "network_def#strides": [2, 2], "prob_noise": 0.5, "prob_flip": 0.5,
 }  # fmt: skip

@@ -29,7 +29,7 @@ SOURCE_TREES = ("medseg3d", "data_prep", "bundles", "benchmarks")
 INFER = {"roi_size": [24, 24, 16], "network_def#channels": [4, 8], "network_def#strides": [2], "progress": False}
 INFER_ARGS = [arg for key, value in INFER.items() for arg in (f"--{key}", str(value))]
 TRAIN = {
-    "max_epochs": 1, "val_interval": 1, "iterations_per_epoch": None, "roi_size": [32, 32, 32], "num_workers": 0,
+    "max_epochs": 1, "val_interval": 1, "iterations_per_epoch": 0, "roi_size": [32, 32, 32], "num_workers": 0,
     "batch_size": 1,
     "network_def#channels": [4, 8], "network_def#strides": [2],
 }  # fmt: skip

@@ -16,7 +16,7 @@ from medseg3d.core.errors import InputError
 from medseg3d.training.engines import TrainHandlers, evaluation_handlers, plain_module, supervised_evaluator
 from medseg3d.training.handlers import EvalReport, LoadWeights
 
-ORDER = ["RunRecord", "LrScheduleHandler", "ValidationHandler", "StatsHandler", "TensorBoardStatsHandler",
+ORDER = ["RunRecord", "LrScheduleHandler", "ValidationSchedule", "StatsHandler", "TensorBoardStatsHandler",
          "MetricsCSV", "Curves", "Checkpoints", "GracefulStop"]  # fmt: skip
 
 
@@ -33,14 +33,15 @@ def test_rank0_attaches_every_handler_in_order(tmp_path: Path) -> None:
     assert [type(h).__name__ for h in built.handlers] == ORDER
     assert built.handlers[5] is built.metrics_csv and built.handlers[7] is built.checkpoints
     assert built.checkpoints.save and built.checkpoints.seed == 7
-    assert built.handlers[2].interval == 2  # ValidationHandler
+    assert built.handlers[2].interval == 2 and built.handlers[2] is built.schedule  # ValidationSchedule
+    assert built.time_budget is None  # no max_minutes: no TimeBudget
     assert built.handlers[8].checkpoints is built.checkpoints  # GracefulStop saves through them
     assert (tmp_path / "tensorboard").is_dir()
 
 
 def test_other_ranks_keep_the_communicating_handlers_and_write_nothing(tmp_path: Path) -> None:
     built = _train_handlers(tmp_path, rank=1)
-    assert [type(h).__name__ for h in built.handlers] == ["LrScheduleHandler", "ValidationHandler", "GracefulStop"]
+    assert [type(h).__name__ for h in built.handlers] == ["LrScheduleHandler", "ValidationSchedule", "GracefulStop"]
     assert not built.checkpoints.save  # only restores a resumed run
     assert not (tmp_path / "tensorboard").exists()  # TensorBoard's handler was never built
 
@@ -48,8 +49,18 @@ def test_other_ranks_keep_the_communicating_handlers_and_write_nothing(tmp_path:
 def test_val_interval_must_be_positive(tmp_path: Path) -> None:
     network = torch.nn.Linear(2, 1)
     optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
-    with pytest.raises(ValueError, match="val_interval must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="interval must be None or >= 1, got 0"):
         TrainHandlers(tmp_path, network, optimizer, None, None, val_interval=0, rank=0)
+
+
+def test_a_time_budget_comes_before_the_validation_it_plans_for(tmp_path: Path) -> None:
+    network = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
+    evaluator = supervised_evaluator("cpu", [], torch.nn.Conv3d(1, 2, 1), SimpleInferer(), lambda x: x, _metrics())
+    built = TrainHandlers(tmp_path, network, optimizer, None, evaluator, max_minutes=5, rank=0)
+    names = [type(h).__name__ for h in built.handlers]
+    assert names.index("TimeBudget") == names.index("ValidationSchedule") - 1
+    assert built.checkpoints.stateful["time_budget"] is built.time_budget  # its plan is saved and resumed
 
 
 def _metrics() -> dict:
