@@ -61,7 +61,7 @@ class TimeBudget:
         self.planned: int | None = None
         self.cap: int | None = None
         self.elapsed_before = 0.0  # seconds of the earlier sessions of a resumed run
-        self.training_seconds = 0.0  # the epochs' own cost (training and patch check), all sessions
+        self.training_seconds = 0.0  # the epochs' training, all sessions
         self.epochs_timed = 0
         self._epoch_start = 0.0
 
@@ -101,7 +101,8 @@ class TimeBudget:
     def _epoch_completed(self, engine: Engine) -> None:
         self.training_seconds += self.clock() - self._epoch_start
         self.epochs_timed += 1
-        per_epoch = self.training_seconds / self.epochs_timed
+        # the epoch's training, timed here, and the patch check that follows it (the schedule's last one)
+        per_epoch = self.training_seconds / self.epochs_timed + getattr(self.schedule, "patch_seconds", 0.0)
         last_cost = getattr(self.schedule, "last_cost", None)
         final = per_epoch if last_cost is None else last_cost
         left = self.budget - self.elapsed() - final

@@ -33,6 +33,7 @@ class ValidationSchedule:
     last one measured; before the first, the seconds of the epoch just trained.
     ``last_seconds`` (this epoch's full validation, 0 when none ran) and ``share`` (the full validations'
     share of the wall time so far) are what ``MetricsCSV`` records; each full validation logs both.
+    ``patch_seconds`` is the last patch check's (``TimeBudget`` counts it in an epoch's cost).
 
     Args:
         evaluator: the full validation (``best.pt`` follows its key metric).
@@ -60,6 +61,7 @@ class ValidationSchedule:
         self.elapsed_before = 0.0  # wall seconds of the earlier sessions of a resumed run
         self.last_cost: float | None = None
         self.last_seconds = 0.0
+        self.patch_seconds = 0.0  # the last patch check's
         self._started = 0.0
         self._epoch_started = 0.0
         self._epoch_costs: list[float] = []  # this session's epochs, training and patch check
@@ -115,8 +117,10 @@ class ValidationSchedule:
         return self.spent + 2 * cost <= self.time_share * projected
 
     def _epoch_completed(self, engine: Engine) -> None:
+        start = self.clock()
         if self.patch_evaluator is not None and len(self.patch_evaluator.data_loader.dataset):
             self.patch_evaluator.run(engine.state.epoch)
+        self.patch_seconds = self.clock() - start
         epoch_seconds = self.clock() - self._epoch_started  # training and patch check
         self._epoch_costs.append(epoch_seconds)
         self.last_seconds = 0.0
