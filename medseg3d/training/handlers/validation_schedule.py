@@ -64,7 +64,7 @@ class ValidationSchedule:
         self.patch_seconds = 0.0  # the last patch check's
         self._started = 0.0
         self._epoch_started = 0.0
-        self._epoch_costs: list[float] = []  # this session's epochs, training and patch check
+        self._epoch_total, self._epochs = 0.0, 0  # this session's epochs: seconds of training and patch check
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._run_started)
@@ -110,9 +110,9 @@ class ValidationSchedule:
         elapsed = self.elapsed()
         if self.spent + cost > self.time_share * elapsed:
             return False
-        if engine.state.max_epochs is None or not self._epoch_costs:
+        if engine.state.max_epochs is None or not self._epochs:
             return True
-        per_epoch = sum(self._epoch_costs) / len(self._epoch_costs)
+        per_epoch = self._epoch_total / self._epochs
         projected = elapsed + (engine.state.max_epochs - epoch) * per_epoch + cost
         return self.spent + 2 * cost <= self.time_share * projected
 
@@ -122,7 +122,7 @@ class ValidationSchedule:
             self.patch_evaluator.run(engine.state.epoch)
         self.patch_seconds = self.clock() - start
         epoch_seconds = self.clock() - self._epoch_started  # training and patch check
-        self._epoch_costs.append(epoch_seconds)
+        self._epoch_total, self._epochs = self._epoch_total + epoch_seconds, self._epochs + 1
         self.last_seconds = 0.0
         if not from_rank_zero(self.due(engine, epoch_seconds)):  # under DDP, every rank as rank 0 decides
             return
