@@ -1,8 +1,13 @@
 """Time to accuracy at full size: held-out Dice of the bundle's default recipe after a fixed CPU budget.
 
-Synthesizes ``--cases`` full-size BraTS 2021 phantoms (240x240x155, ``medseg3d synth brats``), prepares them
-(``prep_brats --folds 4``) and trains ``medseg3d train --bundle BUNDLE`` with the bundle's defaults and only the
-overrides given after ``--``. Two ways to spend a budget (``--mode``):
+Synthesizes ``--cases`` full-size phantoms, lists them as a dataset with 4 folds and trains ``medseg3d train
+--bundle BUNDLE`` with the bundle's defaults and only the overrides given after ``--``:
+
+- ``--bundle 3d`` or ``2p5d``: BraTS 2021 phantoms of 240x240x155 (``medseg3d synth brats``, ``prep_brats``);
+- ``--bundle ct``: CT phantoms of 512x512 and 120-290 slices of 1.5-3 mm (``medseg3d synth ct``, ``medseg3d
+  datalist``), the aorta bundle.
+
+Two ways to spend a budget (``--mode``):
 
 - ``budget`` (default): one run per budget with ``--max_minutes`` (the run plans its epochs to end within it
   and anneals its learning rate to the end), the checkpoint it selects being ``best.pt``;
@@ -10,10 +15,11 @@ overrides given after ``--``. Two ways to spend a budget (``--mode``):
   ``last.pt``) copied at every budget on the way (how the defaults did before a time budget existed).
 
 Each checkpoint segments held-out phantoms of another seed with ``medseg3d infer`` and is scored with
-``medseg3d evaluate``: mean Dice over WT, TC, ET and every case's whole-tumour volume error. With
-``--shifted`` the held-out phantoms are also drawn as by another scanner (``medseg3d synth brats --scanner
-shifted``: other contrasts, bias fields and noise). Prints one JSON line per budget and appends it to
-``bench_out/results.jsonl``; the Dice-against-time curve of each run is in the line (``curve``).
+``medseg3d evaluate``: mean Dice over WT, TC, ET and every case's whole-tumour volume error (BraTS), or the
+aorta's Dice and volume error (CT). With ``--shifted`` the held-out phantoms are also drawn as by another scanner
+(``medseg3d synth brats|ct --scanner shifted``: other contrasts, bias fields, noise). Prints one JSON line per
+budget and appends it to ``bench_out/results.jsonl``; the Dice-against-time curve of each run is in the line
+(``curve``).
 
 Run: ``.venv/bin/python -m benchmarks.bench_time_to_accuracy [--budgets 900 1800] [-- --KEY VALUE ...]``.
 """
@@ -37,14 +43,32 @@ from benchmarks.common import REPO, append_results, device_name, metrics_rows
 BUNDLES = {
     "3d": REPO / "bundles" / "brats_mri_resunet_3d",
     "2p5d": REPO / "bundles" / "brats_mri_slicestack_2p5d",
+    "ct": REPO / "bundles" / "ct_aorta_resunet_3d",
 }
 MEDSEG3D = [sys.executable, "-m", "medseg3d.cli"]
 
 
-def synth(out: Path, cases: int, seed: int, shape: list[int], extra: list[str] = ()) -> Path:
+def synth(kind: str, out: Path, cases: int, seed: int, shape: list[int] | None, extra: list[str] = ()) -> Path:
+    """``medseg3d synth KIND`` into ``out`` unless it is there (a finished tree: the synthesis writes a sibling
+    folder first and renames it)."""
     if not out.is_dir():
-        command = [*MEDSEG3D, "synth", "brats", str(out), "--cases", str(cases), "--seed", str(seed)]
-        subprocess.run([*command, "--shape", *map(str, shape), *extra], check=True)
+        partial = out.with_name(out.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        command = [*MEDSEG3D, "synth", kind, str(partial), "--cases", str(cases), "--seed", str(seed), *extra]
+        subprocess.run([*command, *(["--shape", *map(str, shape)] if shape else [])], check=True)
+        partial.rename(out)
+    return out
+
+
+def dataset(bundle: str, raw: Path, out: Path) -> Path:
+    """The training dataset (a folder with dataset.json, 4 folds) of a raw tree, made once."""
+    if not (out / "dataset.json").is_file():
+        if bundle == "ct":
+            out.mkdir(parents=True, exist_ok=True)
+            command = [*MEDSEG3D, "datalist", str(raw), "--out", str(out), "--folds", "4", "--labels", "aorta"]
+        else:
+            command = [sys.executable, "-m", "data_prep.prep_brats", str(raw), str(out), "--folds", "4"]
+        subprocess.run(command, check=True)
     return out
 
 
@@ -105,32 +129,40 @@ def _snapshot(run_dir: Path, budget: float) -> Path:
     return target
 
 
-def held_out_scores(bundle: Path, checkpoint: Path, raw: Path, out: Path, overrides: list[str] = ()) -> dict:
-    """``medseg3d infer`` then ``medseg3d evaluate`` over a raw tree; mean Dice and WT volume errors."""
+def held_out_scores(bundle: str, checkpoint: Path, raw: Path, out: Path, overrides: list[str] = ()) -> dict:
+    """``medseg3d infer`` then ``medseg3d evaluate`` over a held-out tree; mean Dice and volume errors (whole
+    tumour for BraTS, aorta for CT)."""
     if not checkpoint.is_file():
         return {"error": f"no checkpoint {checkpoint.name}"}
     shutil.rmtree(out, ignore_errors=True)
+    images, truth = (raw / "imagesTr", raw / "labelsTr") if bundle == "ct" else (raw, raw)
     start = time.monotonic()
     subprocess.run(
-        [*MEDSEG3D, "infer", "--bundle", str(bundle), "--checkpoint", str(checkpoint), str(raw), str(out), *overrides],
+        [*MEDSEG3D, "infer", "--bundle", str(BUNDLES[bundle]), "--checkpoint", str(checkpoint), str(images), str(out),
+         *overrides],
         check=True,
         stdout=subprocess.DEVNULL,
-    )
+    )  # fmt: skip
     infer_s = time.monotonic() - start
+    task = ["--task", "labels"] if bundle == "ct" else []
     subprocess.run(
-        [*MEDSEG3D, "evaluate", str(out), str(raw), "--out", str(out / "evaluation")],
+        [*MEDSEG3D, "evaluate", str(out), str(truth), *task, "--out", str(out / "evaluation")],
         check=True,
         stdout=subprocess.DEVNULL,
     )
     with open(out / "evaluation" / "report.csv", newline="") as f:
         rows = [row for row in csv.DictReader(f) if row["status"] == "ok"]
-    dice = {region: statistics.mean(float(r[f"{region}_dice"]) for r in rows) for region in ("WT", "TC", "ET")}
-    errors = [abs(float(r["WT_pred_ml"]) - float(r["WT_gt_ml"])) / float(r["WT_gt_ml"]) for r in rows]
+    regions, volume = ({"aorta": "1"}, "aorta") if bundle == "ct" else ({r: r for r in ("WT", "TC", "ET")}, "WT")
+    dice = {name: statistics.mean(float(r[f"{column}_dice"]) for r in rows) for name, column in regions.items()}
+    column = regions[volume]
+    errors = [
+        abs(float(r[f"{column}_pred_ml"]) - float(r[f"{column}_gt_ml"])) / float(r[f"{column}_gt_ml"]) for r in rows
+    ]
     return {
         "mean_dice": round(statistics.mean(dice.values()), 4),
         **{f"dice_{k}": round(v, 4) for k, v in dice.items()},
-        "wt_volume_error": [round(e, 3) for e in errors],
-        "wt_volume_error_max": round(max(errors), 3),
+        f"{volume.lower()}_volume_error": [round(e, 3) for e in errors],
+        f"{volume.lower()}_volume_error_max": round(max(errors), 3),
         "cases": len(rows),
         "infer_s": round(infer_s, 1),
     }
@@ -141,7 +173,14 @@ def main() -> int:
     parser.add_argument("--bundle", choices=sorted(BUNDLES), default="3d")
     parser.add_argument("--cases", type=int, default=16, help="training phantoms (16; 4 folds: 12 train, 4 validate)")
     parser.add_argument("--held-out", type=int, default=4, help="held-out phantoms of another seed (4)")
-    parser.add_argument("--shape", type=int, nargs=3, default=[240, 240, 155], metavar=("X", "Y", "Z"))
+    parser.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        default=None,
+        metavar=("X", "Y", "Z"),
+        help="BraTS: 240 240 155; CT: 512 x 512 x Z",
+    )
     parser.add_argument("--budgets", type=float, nargs="+", default=[900.0, 1800.0], help="seconds (900 1800)")
     parser.add_argument("--mode", choices=("budget", "stop"), default="budget")
     parser.add_argument("--shifted", action="store_true", help="also score phantoms of another scanner")
@@ -161,20 +200,20 @@ def main() -> int:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="time_to_accuracy_"))
     work.mkdir(parents=True, exist_ok=True)
-    shape_name = "x".join(map(str, args.shape))
-    raw = synth(work / f"raw_{args.cases}_{shape_name}", args.cases, 0, args.shape)
-    prepared = work / f"prepared_{args.cases}_{shape_name}"
-    if not (prepared / "dataset.json").is_file():
-        subprocess.run(
-            [sys.executable, "-m", "data_prep.prep_brats", str(raw), str(prepared), "--folds", "4"], check=True
-        )
-    held = {"same": synth(work / f"heldout_{args.held_out}_{shape_name}", args.held_out, 1000, args.shape)}
+    kind = "ct" if args.bundle == "ct" else "brats"
+    shape = args.shape or ([240, 240, 155] if kind == "brats" else None)
+    shape_name = "x".join(map(str, shape)) if shape else "512x512xZ"
+    prefix = "ct_" if kind == "ct" else ""  # the BraTS trees keep the names earlier runs cached them under
+    raw = synth(kind, work / f"{prefix}raw_{args.cases}_{shape_name}", args.cases, 0, shape)
+    prepared = dataset(args.bundle, raw, work / f"{prefix}prepared_{args.cases}_{shape_name}")
+    held = {"same": synth(kind, work / f"{prefix}heldout_{args.held_out}_{shape_name}", args.held_out, 1000, shape)}
     if args.shifted:
         held["shifted"] = synth(
-            work / f"heldout_shifted_{args.held_out}_{shape_name}",
+            kind,
+            work / f"{prefix}heldout_shifted_{args.held_out}_{shape_name}",
             args.held_out,
             1000,
-            args.shape,
+            shape,
             ["--scanner", "shifted"],
         )
 
@@ -201,7 +240,7 @@ def main() -> int:
             }
             for name, tree in held.items():
                 out = work / f"pred_{run_dir.name}_{budget:.0f}_{name}"
-                scores = held_out_scores(bundle, checkpoint, tree, out, infer_overrides)
+                scores = held_out_scores(args.bundle, checkpoint, tree, out, infer_overrides)
                 record.update({f"{name}_{k}" if name != "same" else k: v for k, v in scores.items()})
             record.update(
                 {"curve": curve, "run_dir": str(run_dir), "device": device_name(), "date": time.strftime("%Y-%m-%d")}

@@ -42,8 +42,9 @@ def cmd_synth_ct(args: argparse.Namespace) -> int:
     # lazy: numpy, SimpleITK (0.3 s; `--help` takes 0.04 s)
     from medseg3d.data.synth_ct import write_ct_cases
 
+    shape = tuple(args.shape) if args.shape else None
     paths = write_ct_cases(
-        args.out, cases=args.cases, dicom=args.dicom, seed=args.seed, shape=tuple(args.shape) if args.shape else None
+        args.out, cases=args.cases, dicom=args.dicom, seed=args.seed, shape=shape, scanner=args.scanner
     )
     kind = "DICOM series" if args.dicom else "NIfTI files"
     print(f"wrote {len(paths)} CT cases ({kind}) with aorta labels under {args.out}")
@@ -167,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     ct.add_argument("--dicom", action="store_true", help="write each image as a DICOM series folder")
     ct.add_argument("--shape", type=_positive, nargs=3, default=None, metavar=("X", "Y", "Z"))
     ct.add_argument("--seed", type=int, default=0, help="same seed, same bytes (0)")
+    ct.add_argument(
+        "--scanner",
+        choices=("default", "shifted"),
+        default="default",
+        help="intensities as the training phantoms' scanner draws them, or as another scanner and protocol do "
+        "(another aorta contrast, organ enhancement, twice the noise: docs/training.md) (default)",
+    )
     ct.set_defaults(func=cmd_synth_ct)
 
     datalist = commands.add_parser(

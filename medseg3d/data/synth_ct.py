@@ -25,6 +25,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,30 @@ TISSUE_CODES: dict[str, int] = {
 AIR, FAT, SOFT, LUNG, LIVER, BONE, DISC, CANAL, AORTA = range(9)
 # (low, high) of the mean HU drawn per case for each tissue, in TISSUE_CODES order.
 _HU_RANGES = ((-1000, -1000), (-110, -90), (35, 50), (-870, -830), (55, 70), (400, 700), (70, 110), (5, 20), (260, 340))
+
+
+@dataclass(frozen=True)
+class CtScanner:
+    """How a scanner and protocol draw a case's intensities (the anatomy is the seed's whatever the scanner).
+
+    Attributes:
+        aorta_scale: (low, high) factor on the aorta's mean HU (another contrast timing or dose).
+        tissue_shift: up to this many HU added to soft tissue and liver (organ enhancement).
+        noise_scale: factor on the noise sigma (dose, reconstruction kernel).
+    """
+
+    aorta_scale: tuple[float, float]
+    tissue_shift: float
+    noise_scale: float
+
+
+# "default": the phantoms training data is made of. "shifted": another scanner and protocol, for the held-out
+# robustness check (docs/training.md): aorta 0.7-1.3x as bright, soft tissue and liver up to 15 HU apart, twice
+# the noise.
+CT_SCANNERS: dict[str, CtScanner] = {
+    "default": CtScanner(aorta_scale=(1.0, 1.0), tissue_shift=0.0, noise_scale=1.0),
+    "shifted": CtScanner(aorta_scale=(0.7, 1.3), tissue_shift=15.0, noise_scale=2.0),
+}
 HU_MIN, HU_MAX = -1024, 3071  # 12-bit CT range with the usual -1024 offset
 MIN_AXIS = 16
 UID_ROOT = "1.2.826.0.1.3680043.10.1234."
@@ -233,11 +258,22 @@ def _tissue_slices(shape, spacing, p: dict) -> Iterator[tuple[int, np.ndarray]]:
         yield k, t
 
 
-def _draw(shape, spacing, seed) -> tuple[tuple[int, int, int], tuple[float, float, float], dict, np.random.Generator]:
-    anatomy_seq, noise_seq = np.random.SeedSequence(_check_seed(seed)).spawn(2)
+def _draw(
+    shape, spacing, seed, scanner: str = "default"
+) -> tuple[tuple[int, int, int], tuple[float, float, float], dict, np.random.Generator]:
+    if scanner not in CT_SCANNERS:
+        raise ValueError(f"scanner must be one of {', '.join(CT_SCANNERS)}, got {scanner!r}")
+    # the scanner's draws come from a stream of their own: the anatomy and the noise pattern stay the seed's
+    anatomy_seq, noise_seq, scanner_seq = np.random.SeedSequence(_check_seed(seed)).spawn(3)
     rng = np.random.default_rng(anatomy_seq)
     shape, spacing = _geometry(shape, spacing, rng)
-    return shape, spacing, _anatomy(rng, shape, spacing), np.random.default_rng(noise_seq)
+    p = _anatomy(rng, shape, spacing)
+    profile, draw = CT_SCANNERS[scanner], np.random.default_rng(scanner_seq)
+    if scanner != "default":
+        p["levels"][AORTA] *= draw.uniform(*profile.aorta_scale)
+        p["levels"][[SOFT, LIVER]] += draw.uniform(-profile.tissue_shift, profile.tissue_shift, 2)
+        p["noise"] *= profile.noise_scale
+    return shape, spacing, p, np.random.default_rng(noise_seq)
 
 
 def make_ct_tissues(shape=None, spacing=None, seed=0) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
@@ -254,7 +290,9 @@ def make_ct_tissues(shape=None, spacing=None, seed=0) -> tuple[np.ndarray, np.nd
     return tissues, p["levels"], spacing
 
 
-def make_ct_case(shape=None, spacing=None, seed=0) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+def make_ct_case(
+    shape=None, spacing=None, seed=0, scanner: str = "default"
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     """One synthetic contrast CT of chest and abdomen with its aorta label.
 
     Args:
@@ -262,6 +300,7 @@ def make_ct_case(shape=None, spacing=None, seed=0) -> tuple[np.ndarray, np.ndarr
         spacing: (sx, sy, sz) in mm; default drawn from the seed: in-plane 0.7-1.0 mm, slices 1.5-3.0 mm, both
             multiples of 1/64 mm so that NIfTI and DICOM store them exactly.
         seed: non-negative integer; the same seed gives the same arrays.
+        scanner: one of ``CT_SCANNERS``: how the intensities are drawn (the anatomy is the seed's either way).
 
     Returns:
         ``(hu, aorta, spacing)``: hu int16 (X, Y, Z) in Hounsfield units clipped to [-1024, 3071] with Gaussian noise
@@ -269,7 +308,7 @@ def make_ct_case(shape=None, spacing=None, seed=0) -> tuple[np.ndarray, np.ndarr
         Both arrays are Fortran-ordered, so slices ``[:, :, k]`` are contiguous and ``array.T`` is the (Z, Y, X)
         C-order array SimpleITK expects, without a copy. Geometry: LPS, identity direction, :func:`ct_origin`.
     """
-    shape, spacing, p, noise_rng = _draw(shape, spacing, seed)
+    shape, spacing, p, noise_rng = _draw(shape, spacing, seed, scanner)
     hu = np.empty(shape, dtype=np.int16, order="F")
     aorta = np.empty(shape, dtype=np.uint8, order="F")
     levels, sigma = p["levels"], np.float32(p["noise"])
@@ -359,7 +398,7 @@ def _write_dicom_slices(image: sitk.Image, folder: Path, case_id: str, seed: int
     return folder
 
 
-def write_ct_cases(out_dir, cases=2, dicom=False, seed=0, shape=None) -> list[Path]:
+def write_ct_cases(out_dir, cases=2, dicom=False, seed=0, shape=None, scanner: str = "default") -> list[Path]:
     """Write cases ``ct_000``, ``ct_001``, ... with their aorta labels.
 
     Images go to ``out_dir/imagesTr/ct_000.nii.gz`` or, with ``dicom=True``, to a DICOM series folder
@@ -374,6 +413,7 @@ def write_ct_cases(out_dir, cases=2, dicom=False, seed=0, shape=None) -> list[Pa
         dicom: write images as DICOM series instead of NIfTI.
         seed: non-negative integer; the same arguments give byte-identical files.
         shape: (X, Y, Z) of every case, default as in :func:`make_ct_case`.
+        scanner: one of ``CT_SCANNERS`` (same anatomy, other intensities: the robustness check's held-out cases).
 
     Returns:
         The image paths written (files for NIfTI, folders for DICOM), in case order.
@@ -387,12 +427,14 @@ def write_ct_cases(out_dir, cases=2, dicom=False, seed=0, shape=None) -> list[Pa
     seed = _check_seed(seed)
     if shape is not None:
         shape = _check_shape(shape)
+    if scanner not in CT_SCANNERS:
+        raise ValueError(f"scanner must be one of {', '.join(CT_SCANNERS)}, got {scanner!r}")
     out = Path(out_dir)
     images: list[Path] = []
     for index in range(n_cases):
         case_id = f"ct_{index:03d}"
         case_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
-        hu, aorta, spacing = make_ct_case(shape=shape, seed=case_seed)
+        hu, aorta, spacing = make_ct_case(shape=shape, seed=case_seed, scanner=scanner)
         image = _to_sitk(hu, spacing)
         label = _to_sitk(aorta, spacing)
         nifti, folder = out / "imagesTr" / f"{case_id}.nii.gz", out / "imagesTr" / case_id

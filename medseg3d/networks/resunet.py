@@ -36,6 +36,7 @@ def res_unet(
     dropout: float = 0.0,
     kind: str = "unet",
     spatial_dims: int = 3,
+    deep_supervision: int = 0,
 ) -> torch.nn.Module:
     """Build the Res-UNet: 3D, or 2D for the 2.5D slice-stack models (``spatial_dims=2``).
 
@@ -49,6 +50,10 @@ def res_unet(
         dropout: dropout probability in [0, 1).
         kind: ``"unet"`` (MONAI ``UNet``) or ``"dynunet"`` (MONAI ``DynUNet`` with residual blocks).
         spatial_dims: 3 for volumes (B, C, X, Y, Z), 2 for slices or slice stacks (B, C, X, Y).
+        deep_supervision: extra output heads on the next coarser decoder levels (``kind="dynunet"`` only;
+            nnU-Net trains with them). In training mode the network then returns (B, 1 + heads, out_channels,
+            ...), every head upsampled to the input size, for ``make_loss(deep_supervision=True)``; in eval
+            mode (validation, inference) only the full-resolution output, so inference is unchanged.
 
     Raises:
         ValueError: inconsistent or out-of-range arguments, each named.
@@ -71,6 +76,11 @@ def res_unet(
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if deep_supervision and (kind != "dynunet" or not 0 < deep_supervision < len(strides)):
+        raise ValueError(
+            f"deep_supervision needs kind='dynunet' and 0 < heads < {len(strides)} (the decoder's coarser levels), "
+            f"got {deep_supervision} heads with kind={kind!r}"
+        )
     if kind == "unet":
         if num_res_units < 1:
             raise ValueError(f"a Res-UNet needs num_res_units >= 1, got {num_res_units}")
@@ -96,4 +106,6 @@ def res_unet(
         norm_name=norm,
         dropout=dropout or None,
         res_block=True,
+        deep_supervision=deep_supervision > 0,
+        deep_supr_num=max(deep_supervision, 1),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import torch
-from monai.losses import DiceCELoss, DiceFocalLoss, FocalLoss
+from monai.losses import DeepSupervisionLoss, DiceCELoss, DiceFocalLoss, FocalLoss
 from monai.optimizers import WarmupCosineSchedule
 
 LOSSES = ("dice_ce", "dice_focal", "focal")
@@ -32,11 +32,30 @@ class Float32Loss(torch.nn.Module):
             return self.loss(input.float(), target)
 
 
+class DeepSupervised(torch.nn.Module):
+    """``loss`` summed over the outputs of a deeply supervised network, weighted 1, 1/2, 1/4, ... (MONAI's
+    ``DeepSupervisionLoss``, nnU-Net's weighting without its renormalization).
+
+    A deeply supervised DynUNet in training mode returns its outputs stacked on dim 1, (B, 1 + heads, C, ...):
+    one more dimension than the target. Any other output (eval mode, a network without heads) is scored as is.
+    """
+
+    def __init__(self, loss: torch.nn.Module):
+        super().__init__()
+        self.loss = DeepSupervisionLoss(loss, weight_mode="exp")
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: A002 (MONAI's names)
+        if input.ndim == target.ndim + 1:
+            return self.loss(list(torch.unbind(input, dim=1)), target)
+        return self.loss(input, target)
+
+
 def make_loss(
     name: str = "dice_ce",
     output_mode: str = "regions",
     class_weights: Sequence[float] | None = None,
     batch_dice: bool = True,
+    deep_supervision: bool = False,
 ):
     """The training loss.
 
@@ -49,6 +68,8 @@ def make_loss(
         batch_dice: Dice over all patches of the batch at once (nnU-Net's batch Dice), not per patch. A
             patch without a region (most background patches) then adds to the denominator instead of
             scoring 0 whatever the prediction, which keeps small regions (ET) from being pushed to zero.
+        deep_supervision: the network returns several stacked outputs in training (``res_unet(deep_supervision=
+            heads)``); the loss is summed over them (``DeepSupervised``).
     """
 
     if name not in LOSSES:
@@ -64,7 +85,7 @@ def make_loss(
         loss = DiceFocalLoss(sigmoid=sigmoid, softmax=not sigmoid, weight=weight, batch=batch_dice, **one_hot)
     else:
         loss = FocalLoss(use_softmax=not sigmoid, weight=weight, **one_hot)
-    return Float32Loss(loss)
+    return Float32Loss(DeepSupervised(loss) if deep_supervision else loss)
 
 
 def make_optimizer(

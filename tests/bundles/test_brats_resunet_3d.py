@@ -165,3 +165,24 @@ def test_a_time_budget_plans_the_run_and_anneals_it_to_the_end(prepared: Path, t
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert last["stateful"]["time_budget"]["planned"] == 3 and last["lr_scheduler"]["total_iters"] == 6
     assert last["stateful"]["time_budget"]["elapsed"] > 0
+
+
+def test_deep_supervision_trains_and_validates_the_full_resolution_output(prepared: Path, tmp_path: Path) -> None:
+    """``network_def#kind dynunet`` with ``network_def#deep_supervision``: the loss sums over the heads in training,
+    the patch check and the full validation score the full-resolution output, and the checkpoint holds the heads
+    (a network built with them loads it)."""
+    run_dir = tmp_path / "run"
+    overrides = {
+        "roi_size": [32, 32, 32], "num_workers": 0, "network_def#channels": [4, 8, 16], "network_def#strides": [2, 2],
+        "network_def#kind": "dynunet", "network_def#deep_supervision": 1, "dataset_dir": str(prepared),
+        "output_dir": str(run_dir), "max_epochs": 1, "iterations_per_epoch": 2, "patch_val_samples": 2,
+    }  # fmt: skip
+    run_bundle(BUNDLE, "train", overrides)
+    with open(run_dir / "metrics.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert float(row["train_loss"]) > 0
+    assert 0.0 <= float(row["patch_mean_dice"]) <= 1.0 and 0.0 <= float(row["val_mean_dice"]) <= 1.0
+    state = load_checkpoint(run_dir / "checkpoints" / "best.pt")["network"]
+    assert any(key.startswith("deep_supervision_heads") for key in state)
+    net = res_unet(4, 3, channels=(4, 8, 16), strides=(2, 2), kind="dynunet", deep_supervision=1)
+    net.load_state_dict(state)

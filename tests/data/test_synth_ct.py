@@ -249,3 +249,21 @@ def test_writing_dicom_keeps_the_process_locale(tmp_path) -> None:
     before = locale.setlocale(locale.LC_ALL)
     write_ct_cases(tmp_path, cases=1, dicom=True, shape=(16, 16, 16))
     assert locale.setlocale(locale.LC_ALL) == before
+
+
+def test_another_scanner_draws_the_same_anatomy_with_other_intensities():
+    """``scanner="shifted"``: the seed's anatomy and label, another aorta contrast, organ enhancement and twice the
+    noise; the default scanner's cases are the ones they always were (the anatomy's and noise's streams are kept)."""
+    hu, aorta, spacing = make_ct_case(SMALL, seed=4)
+    shifted_hu, shifted_aorta, shifted_spacing = make_ct_case(SMALL, seed=4, scanner="shifted")
+    np.testing.assert_array_equal(aorta, shifted_aorta)
+    assert spacing == shifted_spacing
+    np.testing.assert_array_equal(hu, make_ct_case(SMALL, seed=4, scanner="default")[0])
+    tissues, levels, _ = make_ct_tissues(SMALL, seed=4)
+    lumen, fat = tissues == TISSUE_CODES["aorta"], tissues == TISSUE_CODES["fat"]  # fat's level is every scanner's
+    shift = float(shifted_hu[lumen].mean() / hu[lumen].mean())
+    assert 0.7 <= shift <= 1.3 and abs(shift - 1) > 0.01  # another contrast
+    noise, shifted_noise = (h[fat].astype(np.float32) - levels[TISSUE_CODES["fat"]] for h in (hu, shifted_hu))
+    assert 1.9 < shifted_noise.std() / noise.std() < 2.1  # twice the noise
+    with pytest.raises(ValueError, match="scanner must be one of"):
+        make_ct_case(SMALL, seed=4, scanner="mri")

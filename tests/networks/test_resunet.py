@@ -33,3 +33,34 @@ def test_output_shape_matches_input(kind: str, out_channels: int) -> None:
 def test_bad_arguments(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         res_unet(**kwargs)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_deep_supervision_heads_in_training_only(spatial_dims: int) -> None:
+    """Training mode: the full-resolution output and each head, stacked on dim 1 at the input size; eval mode
+    (validation, inference): the full-resolution output alone, as a network without heads gives it."""
+    net = res_unet(4, 3, channels=(4, 8, 16, 32), strides=(2, 2, 2), kind="dynunet", deep_supervision=2,
+                   spatial_dims=spatial_dims)  # fmt: skip
+    size = (32, 24, 16)[:spatial_dims]
+    x = torch.randn(2, 4, *size)
+    out = net(x)
+    assert out.shape == (2, 3, 3, *size)
+    out[:, 2].mean().backward()  # the coarsest head alone reaches the encoder
+    assert net.input_block.conv1.conv.weight.grad is not None
+    net.eval()
+    with torch.no_grad():
+        assert net(x).shape == (2, 3, *size)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        pytest.param({"kind": "unet", "deep_supervision": 1}, id="unet"),
+        pytest.param(
+            {"kind": "dynunet", "deep_supervision": 2, "strides": (2, 2), "channels": (4, 8, 16)}, id="too-many"
+        ),
+    ],
+)
+def test_deep_supervision_needs_dynunet_and_coarser_levels(kwargs: dict) -> None:
+    with pytest.raises(ValueError, match="deep_supervision needs kind='dynunet'"):
+        res_unet(4, 3, **kwargs)

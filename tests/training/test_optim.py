@@ -38,6 +38,21 @@ def test_batch_dice_does_not_punish_a_patch_without_the_region(name: str) -> Non
 
 
 @pytest.mark.parametrize("mode", ["regions", "labels"])
+def test_deep_supervision_weights_each_head_by_its_level(mode: str) -> None:
+    """Outputs stacked on dim 1 (a deeply supervised DynUNet in training): the full-resolution output weighs 1,
+    the heads 1/2, 1/4; a plain output (eval mode) is scored as the plain loss scores it."""
+    torch.manual_seed(0)
+    labels = torch.randint(0, 2, (2, 1, 8, 6, 4))
+    target = labels.float() if mode == "regions" else labels
+    channels = 1 if mode == "regions" else 2
+    outputs = [torch.randn(2, channels, 8, 6, 4) for _ in range(3)]
+    plain, deep = make_loss("dice_ce", mode), make_loss("dice_ce", mode, deep_supervision=True)
+    expected = sum(w * plain(o, target) for w, o in zip((1.0, 0.5, 0.25), outputs, strict=True))
+    torch.testing.assert_close(deep(torch.stack(outputs, dim=1), target), expected)
+    torch.testing.assert_close(deep(outputs[0], target), plain(outputs[0], target))
+
+
+@pytest.mark.parametrize("mode", ["regions", "labels"])
 def test_float16_logits_give_the_float32_loss(mode: str) -> None:
     """AMP hands the loss float16 logits. Over a batch of two 128x128x96 patches (3.1 M voxels) a float16 sum
     of the sigmoid overflows (> 65504): the Dice term would be a constant 1 without gradient."""
