@@ -1,4 +1,5 @@
-"""Segmentation metrics on binary masks: Dice, HD95, sensitivity/specificity, BraTS lesion-wise scores, detection.
+"""Segmentation metrics on binary masks: Dice, HD95, sensitivity/specificity, BraTS lesion-wise scores, detection;
+and case classification scores (accuracy, balanced accuracy, AUC, confusion matrix: ``classification_scores``).
 
 Everything here works on numpy arrays of one case; reading files, pairing cases and reports live in
 ``medseg3d.evaluation``. Conventions (BraTS, for every task):
@@ -19,12 +20,14 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import cc3d
 import numpy as np
 import torch
 from monai.metrics import compute_hausdorff_distance
 from scipy import ndimage
+from scipy.stats import rankdata
 
 from medseg3d.core.constants import EDITIONS, REGIONS
 from medseg3d.data.reader import label_values
@@ -507,3 +510,63 @@ def summary_statistics(
     if total:
         stats["total"] = int(finite.sum()) if not empty else 0
     return stats
+
+
+def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
+    """Area under the ROC curve of ``scores`` (N,) for the binary truth ``positive`` (N,): the probability that
+    a positive case scores above a negative one, ties counting half (the Mann-Whitney statistic). None when
+    one of the two is absent.
+
+    >>> roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]))
+    0.75
+    """
+    scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = rankdata(scores)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def classification_scores(probabilities: np.ndarray, targets: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
+    """Case-level scores of class ``probabilities`` (N, K) against class indices ``targets`` (N,); cases whose
+    target is negative (unknown) are left out.
+
+    Returns:
+        ``cases``; ``accuracy``; ``balanced_accuracy`` (the mean of the recalls of the classes present);
+        ``auc``: two classes, the ROC AUC of the last class's probability (HGG in grade's order); more, the mean
+        of the one-vs-rest AUCs of the classes present (None where not computable); ``confusion``: counts
+        ``[true][predicted]`` in ``names`` order, the prediction being the most probable class.
+
+    >>> p = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.1, 0.9]])
+    >>> s = classification_scores(p, np.array([0, 1, 1, 1]), ["LGG", "HGG"])
+    >>> s["accuracy"], round(s["balanced_accuracy"], 3), round(s["auc"], 3), s["confusion"]
+    (0.75, 0.833, 1.0, [[1, 0], [1, 2]])
+    """
+    probabilities, targets = np.asarray(probabilities, dtype=np.float64), np.asarray(targets).astype(int)
+    k = len(names)
+    if probabilities.ndim != 2 or probabilities.shape[1] != k or len(probabilities) != len(targets):
+        raise ValueError(f"expected probabilities (N, {k}) and targets (N,), got {probabilities.shape} and "
+                         f"{targets.shape}")  # fmt: skip
+    known = targets >= 0
+    probabilities, targets = probabilities[known], targets[known]
+    if targets.size and targets.max() >= k:
+        raise ValueError(f"a target class index is {targets.max()}, beyond the {k} classes {list(names)}")
+    predicted = probabilities.argmax(axis=1) if len(targets) else targets
+    confusion = np.zeros((k, k), dtype=int)
+    np.add.at(confusion, (targets, predicted), 1)
+    present = [c for c in range(k) if confusion[c].sum()]
+    recalls = [confusion[c, c] / confusion[c].sum() for c in present]
+    if k == 2:
+        auc = roc_auc(probabilities[:, 1], targets == 1)
+    else:
+        aucs = [roc_auc(probabilities[:, c], targets == c) for c in present]
+        aucs = [a for a in aucs if a is not None]
+        auc = float(np.mean(aucs)) if aucs else None
+    return {
+        "cases": int(len(targets)),
+        "accuracy": float((predicted == targets).mean()) if len(targets) else None,
+        "balanced_accuracy": float(np.mean(recalls)) if recalls else None,
+        "auc": auc,
+        "confusion": confusion.tolist(),
+    }

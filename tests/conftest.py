@@ -65,6 +65,19 @@ def tiny_prepared(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_graded(tmp_path_factory) -> Path:
+    """A prepared dataset of 4 synthetic BraTS 2020 cases of 48x40x32 with their grades (3 HGG, 1 LGG, from
+    name_mapping.csv) in 2 grade-stratified folds: the multitask network's tiny data."""
+    from medseg3d.data.synth_brats import write_brats_tree
+    from medseg3d.preparation.brats import PrepOptions, prep_brats
+
+    root = tmp_path_factory.mktemp("tiny_graded")
+    write_brats_tree(root / "raw", cases=4, edition="2020", shape=(48, 40, 32), seed=0)
+    prep_brats(root / "raw", root / "prepared", PrepOptions(folds=2))
+    return root / "prepared"
+
+
+@pytest.fixture(scope="session")
 def tiny_ct_dataset(tmp_path_factory) -> Path:
     """A ``medseg3d datalist`` dataset of 4 synthetic CT phantoms of 64x56x40 (NIfTI) with aorta labels, 2 folds."""
     from medseg3d.data.pairs import build_datalist
@@ -76,12 +89,18 @@ def tiny_ct_dataset(tmp_path_factory) -> Path:
     return root
 
 
-# Each bundle on its tiny data: the dataset fixture, and a 3-level network of 4-8-16 channels on 32-voxel patches.
+# Each bundle on its tiny data: the dataset fixture, and a 3-level network of 4-8-16 channels on 32-voxel patches;
+# "<bundle>+grade": that bundle as the multitask network classifying the grade.
 NETWORK = {"network_def#channels": [4, 8, 16], "network_def#strides": [2, 2]}
 TINY_BUNDLES = {
     "brats_mri_resunet_3d": ("tiny_prepared", {"roi_size": [32, 32, 32], **NETWORK}),
     "brats_mri_slicestack_2p5d": ("tiny_prepared", {"roi_size": [32, 32], "num_samples": 2, **NETWORK}),
     "ct_aorta_resunet_3d": ("tiny_ct_dataset", {"roi_size": [32, 32, 32], **NETWORK}),
+    "brats_mri_resunet_3d+grade": ("tiny_graded", {"roi_size": [32, 32, 32], "classify": "grade", **NETWORK}),
+    "brats_mri_slicestack_2p5d+grade": (
+        "tiny_graded",
+        {"roi_size": [32, 32], "num_samples": 2, "classify": "grade", **NETWORK},
+    ),
 }
 
 
@@ -92,6 +111,6 @@ def tiny_bundle(request):
 
     def get(name: str) -> tuple[Path, Path, dict]:
         fixture, overrides = TINY_BUNDLES[name]
-        return REPO / "bundles" / name, request.getfixturevalue(fixture), dict(overrides)
+        return REPO / "bundles" / name.split("+")[0], request.getfixturevalue(fixture), dict(overrides)
 
     return get

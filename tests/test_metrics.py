@@ -19,12 +19,14 @@ from medseg3d.metrics import (
     brats_case_metrics,
     brats_convention,
     brats_region_masks,
+    classification_scores,
     detection_counts,
     dice,
     hd95,
     labels_case_metrics,
     lesion_wise,
     overlap_metrics,
+    roc_auc,
     sensitivity_specificity,
     spacing_from_affine,
     summary_statistics,
@@ -411,3 +413,26 @@ def test_summary_statistics_matches_the_standard_library() -> None:
 def test_summary_statistics_rejects_negative_ddof() -> None:
     with pytest.raises(ValueError, match="ddof must be >= 0, got -1"):
         summary_statistics([1.0], ddof=-1)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_roc_auc_is_the_share_of_ordered_pairs(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 5, 40).astype(float)  # ties on purpose
+    truth = rng.random(40) < 0.4
+    pairs = [(p, n) for p in scores[truth] for n in scores[~truth]]
+    expected = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in pairs) / len(pairs)
+    assert roc_auc(scores, truth) == pytest.approx(expected)
+    assert roc_auc(scores, np.zeros(40, bool)) is None
+
+
+def test_classification_scores_leave_unknown_cases_out() -> None:
+    p = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.3, 0.5], [0.6, 0.3, 0.1], [0.3, 0.3, 0.4]])
+    scores = classification_scores(p, np.array([0, 1, 2, 2, -1]), ["a", "b", "c"])
+    assert scores["cases"] == 4 and scores["accuracy"] == 0.75
+    assert scores["confusion"] == [[1, 0, 0], [0, 1, 0], [1, 0, 1]]
+    assert scores["balanced_accuracy"] == pytest.approx((1 + 1 + 0.5) / 3)
+    one_vs_rest = [roc_auc(p[:4, c], np.array([0, 1, 2, 2]) == c) for c in range(3)]
+    assert scores["auc"] == pytest.approx(np.mean(one_vs_rest))
+    with pytest.raises(ValueError, match="expected probabilities"):
+        classification_scores(p[:, :2], np.zeros(5), ["a", "b", "c"])

@@ -12,7 +12,7 @@ import os
 import pickle
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,14 +130,19 @@ def network_state(checkpoint: Mapping[str, Any], key: str = "network") -> Mappin
     )
 
 
-def state_mismatch(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor], strict: bool = True) -> str:
+def state_mismatch(
+    expected: Mapping[str, torch.Tensor],
+    given: Mapping[str, torch.Tensor],
+    strict: bool = True,
+    optional: Sequence[str] = (),
+) -> str:
     """What keeps ``given`` from loading where ``expected`` is: missing and unexpected names (when ``strict``),
-    shape differences; empty when it fits.
+    shape differences; empty when it fits. Expected names under an ``optional`` prefix may be missing.
 
     >>> state_mismatch({"w": torch.zeros(2), "b": torch.zeros(1)}, {"w": torch.zeros(3), "x": torch.zeros(1)})
     '1 missing (b), 1 unexpected (x), 1 of another shape (w: (3,) instead of (2,))'
     """
-    missing = [name for name in expected if name not in given]
+    missing = [name for name in expected if name not in given and not name.startswith(tuple(optional))]
     unexpected = [name for name in given if name not in expected]
     shapes = [
         f"{name}: {tuple(given[name].shape)} instead of {tuple(value.shape)}"
@@ -154,9 +159,16 @@ def state_mismatch(expected: Mapping[str, torch.Tensor], given: Mapping[str, tor
 
 
 def load_into(
-    network: torch.nn.Module, path: Path, key: str = "network", strict: bool = True, hint: str = ""
+    network: torch.nn.Module,
+    path: Path,
+    key: str = "network",
+    strict: bool = True,
+    hint: str = "",
+    optional: Sequence[str] = (),
 ) -> Mapping[str, Any]:
     """Load the weights in checkpoint ``path`` into ``network`` (a DDP wrapper is unwrapped); return the checkpoint.
+    The network's weights under an ``optional`` prefix may be absent from the file (a segmentation-only checkpoint
+    into a network with a classification head, ``"classifier."``): they keep their values.
 
     Raises:
         InputError: naming the file: damaged, holding objects that would run code when loaded, of neither
@@ -168,8 +180,8 @@ def load_into(
     except ValueError as exc:
         raise InputError(path, str(exc)) from None
     network = getattr(network, "module", network)
-    problem = state_mismatch(network.state_dict(), state, strict)
+    problem = state_mismatch(network.state_dict(), state, strict, optional)
     if problem:
         raise InputError(path, f"the weights do not fit the network: {problem} ({hint})")
-    network.load_state_dict(state, strict=strict)
+    network.load_state_dict(state, strict=strict and not optional)  # the names were checked just above
     return checkpoint

@@ -13,6 +13,15 @@ from dataclasses import dataclass
 IMAGE = "image"
 LABEL = "label"
 CASE_ID = "case_id"
+CLASS_KEY = "class"  # a case's class index for the multitask network (-1: unknown)
+
+# Case classes the multitask network learns, per dataset.json field, in index order: the last is the positive
+# class of a two-class AUC (HGG). A field not listed here (a CSV column given to `medseg3d datalist --classes`)
+# takes its names from the bundle's `class_names`, or the sorted values the training cases hold.
+CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "grade": ("LGG", "HGG"),
+    "tumour_type": ("GLI", "MEN", "MET", "PED", "SSA"),  # BraTS 2023 cohorts: glioma, meningioma, metastases,
+}  # paediatric, sub-Saharan African glioma
 
 # Channel order of every prepared BraTS image (nnU-Net's order for BraTS): channel i is MODALITIES[i].
 MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")

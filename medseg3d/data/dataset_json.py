@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from medseg3d.core.constants import CLASS_KEY, CLASS_NAMES
 from medseg3d.core.errors import InputError
 from medseg3d.core.io import nifti_stem, write_json
 from medseg3d.data.folds import assign_folds
@@ -222,7 +223,11 @@ def _resolve(dataset_dir: str | os.PathLike, listed: str) -> str:
 
 
 def fold_datalists(
-    dataset_dir: str | os.PathLike, fold: int, keys: Sequence[str] = KEPT_FIELDS
+    dataset_dir: str | os.PathLike,
+    fold: int,
+    keys: Sequence[str] = KEPT_FIELDS,
+    class_field: str | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """The (training, validation) cases of ``fold``: that fold validates, every other fold trains.
 
@@ -232,6 +237,10 @@ def fold_datalists(
         keys: the per-case fields each returned case keeps for the data loader, default image, label, case_id and
             fold; a bundle adds ``grade`` or an extra column here. Every case must hold a string or number for
             each (None and nested values do not collate into batches).
+        class_field: the per-case field a multitask network learns to predict (``grade``, ``tumour_type`` or an
+            extra column), or None. Each case then also holds ``class`` (``CLASS_KEY``): the index of its value in
+            ``class_names``, -1 where the value is null or absent (the case trains segmentation only).
+        class_names: the classes in index order (``class_names_for``).
 
     Returns:
         Two lists of cases, ``image`` and ``label`` as absolute paths; an ``image`` may be a file or a DICOM
@@ -239,9 +248,11 @@ def fold_datalists(
 
     Raises:
         InputError: a bad ``dataset.json`` (:func:`read_dataset_json`), a fold that no case has, a fold that holds
-            every case, an image or label it names that does not exist, a label that is a folder, or a kept field
-            that a case lacks or holds as null or a nested value.
+            every case, an image or label it names that does not exist, a label that is a folder, a kept field
+            that a case lacks or holds as null or a nested value, or a class value not in ``class_names``.
     """
+    if class_field is not None and not class_names:
+        raise ValueError(f"class_field {class_field!r} needs its class_names")
     content = read_dataset_json(dataset_dir)
     path = dataset_json_path(dataset_dir)
     folds = sorted({entry["fold"] for entry in content["training"]})
@@ -269,9 +280,43 @@ def fold_datalists(
                 what = "lacks it" if key not in resolved else f"holds {value!r}"
                 raise InputError(path, f"{_entry_name('training', number, entry)}: the data loader keeps {key}, but "
                                  f"the case {what}; expected a string or number in every case")  # fmt: skip
-        entries.append({key: resolved[key] for key in keys})
+        kept = {key: resolved[key] for key in keys}
+        if class_field is not None:
+            kept[CLASS_KEY] = _class_index(entry.get(class_field), list(class_names), class_field, path, number, entry)
+        entries.append(kept)
     train = [e for e, source in zip(entries, content["training"], strict=True) if source["fold"] != fold]
     val = [e for e, source in zip(entries, content["training"], strict=True) if source["fold"] == fold]
     if not train:
         raise InputError(path, f"fold {fold} holds every case; nothing is left to train on (use more folds)")
     return train, val
+
+
+def _class_index(value: Any, names: list[str], field: str, path: Path, number: int, entry: Mapping) -> int:
+    if value is None or value == "":
+        return -1
+    if str(value) not in names:
+        raise InputError(path, f"{_entry_name('training', number, entry)}: {field} is {value!r}; expected one of "
+                         f"{names} (the bundle's class_names) or null")  # fmt: skip
+    return names.index(str(value))
+
+
+def class_names_for(dataset_dir: str | os.PathLike, field: str | None, names: Sequence[str] | None = None) -> list[str]:
+    """The classes of ``field`` in index order: ``names`` when given, else the field's known classes
+    (``CLASS_NAMES``: grade LGG, HGG; the BraTS 2023 tumour types), else the sorted distinct values the training
+    cases of ``dataset.json`` hold. No field: no classes.
+
+    Raises:
+        InputError: fewer than two classes to learn (the message names ``dataset.json`` and the field).
+    """
+    if field is None:
+        return []
+    if names:
+        return [str(n) for n in names]
+    if field in CLASS_NAMES:
+        return list(CLASS_NAMES[field])
+    content = read_dataset_json(dataset_dir)
+    found = sorted({str(e[field]) for e in content["training"] if e.get(field) not in (None, "")})
+    if len(found) < 2:
+        raise InputError(dataset_json_path(dataset_dir), f"classify {field!r}: the training cases hold "
+                         f"{found or 'no value'}; expected at least two classes")  # fmt: skip
+    return found

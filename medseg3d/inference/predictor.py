@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from monai.transforms import Invertd
 from medseg3d.core.checkpoint_format import load_into
 from medseg3d.core.errors import InputError
 from medseg3d.ops.components import parse_rules, postprocess_labels
+from medseg3d.transforms.classes import ClassPool
 from medseg3d.transforms.ct import sample_in_slabs
 from medseg3d.transforms.decode import OUTPUT_MODES, logits_to_labels
 
@@ -132,6 +133,11 @@ class Predictor:
             of the scan's grid, so memory follows the chunk, not the scan (a 512x512x900 CT); None: never.
         chunk_overlap_mm: how far neighbouring chunks overlap along that axis, in mm; each keeps the labels
             up to the middle of its overlaps, so every kept voxel had at least half of this as context.
+        class_names: a multitask network's classes (its output's last ``len(class_names)`` channels are class
+            logits, ``medseg3d.networks.classifier``); empty: segmentation only. After each scan,
+            ``last_class`` holds the case's class: the logits pooled over the tumour decoded on the network's
+            grid, before postprocessing, as validation pools them (``medseg3d.transforms.classes``), their
+            softmax, the most probable class and what they were pooled over.
 
     Chunks see less context than the whole scan at their seams, and their windows and resampling grids sit
     elsewhere, so a voxel where the network hesitates can come out otherwise than in one piece (tested:
@@ -151,6 +157,7 @@ class Predictor:
         inverse_slab: int | None = None,
         chunk_voxels: int | None = None,
         chunk_overlap_mm: float = 100.0,
+        class_names: Sequence[str] = (),
     ) -> None:
         if output_mode not in OUTPUT_MODES:
             raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
@@ -173,6 +180,9 @@ class Predictor:
 
         # rules are checked now, so a typo fails before the first case runs
         self.postprocess = parse_rules(postprocess)
+        self.class_names = [str(name) for name in class_names or ()]
+        self._pool: ClassPool | None = None
+        self.last_class: dict[str, Any] | None = None
 
     def logits(self, array: np.ndarray, affine: np.ndarray) -> torch.Tensor:
         """Logits (shape (K, X, Y, Z), float32, CPU) on the grid of ``array`` (shape (C, X, Y, Z)), whose
@@ -196,10 +206,20 @@ class Predictor:
         inputs = data["image"].unsqueeze(0).to(self.device)
         with torch.no_grad():
             out = self.inferer(inputs, self.network)
-        return out[0].float().cpu(), data
+        pred = out[0].float().cpu()
+        if self.class_names:  # the class channels are pooled here, on the network's grid, and dropped
+            k = len(self.class_names)
+            pred, class_map = pred[:-k], pred[-k:]
+            labels = logits_to_labels(pred.as_tensor() if isinstance(pred, MetaTensor) else pred, self.output_mode)
+            foreground = (torch.as_tensor(data["image"]) != 0).any(dim=0)
+            if self._pool is None:
+                self._pool = ClassPool(k)
+            self._pool.add(torch.as_tensor(class_map), labels, foreground)
+        return pred, data
 
     def __call__(self, array: np.ndarray, affine: np.ndarray) -> np.ndarray:
         """Prepared labels (shape (X, Y, Z), uint8) for the scan ``array`` (C, X, Y, Z) with ``affine``."""
+        self._pool, self.last_class = None, None
         chunks = chunk_slices(array.shape[1:], affine, self.chunk_voxels, self.chunk_overlap_mm)
         if len(chunks) == 1:
             labels = self._labels(array, affine)
@@ -214,6 +234,12 @@ class Predictor:
             logger.info("segmented in %d chunks along the last axis: %s", len(chunks), chunks)
         if self.postprocess:
             labels = postprocess_labels(labels, self.postprocess)
+        if self._pool is not None:
+            logits, over = self._pool.result()
+            probabilities = torch.softmax(logits, dim=0).tolist()
+            best = int(np.argmax(probabilities))
+            self.last_class = {"class": self.class_names[best], "probabilities": dict(zip(self.class_names,
+                               probabilities, strict=True)), "pooled_over": over}  # fmt: skip
         return labels
 
     def _labels(self, array: np.ndarray, affine: np.ndarray) -> np.ndarray:

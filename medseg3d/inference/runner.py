@@ -100,6 +100,10 @@ class BatchRunner:
             circle along the vessel's centreline, e.g. the maximum aortic diameter), empty when the label is
             absent from the case; re-read from the label map for cases skipped by ``resume``.
 
+    A multitask predictor (``class_names``) adds each case's predicted ``class``, a probability ``p_<name>`` per
+    class and ``class_pooled_over`` (``tumour``, or ``foreground`` when no tumour was predicted) to
+    ``summary.csv``; a case skipped by ``resume`` leaves them empty.
+
     Raises:
         ValueError: ``expect`` or ``output_labels`` is not one of the values above, or ``diameters`` names a
             label that is not in ``label_names``.
@@ -200,10 +204,23 @@ class BatchRunner:
         row: dict[str, Any] = {"status": "ok", "error": ""}
         row.update(label_volumes(written, scan.spacing, self._written_labels(case)))
         row.update(self._diameter_columns(written, scan.spacing, case))
+        row.update(self._class_columns())
         if self.preview:
             path = self.output_dir / "previews" / f"{case.case_id}.png"
             save_preview(scan.array, labels, path, case.case_id, window=self.preview_window)
         row["seconds"] = round(time.perf_counter() - start, 2)
+        return row
+
+    def _class_names(self) -> list[str]:
+        return list(getattr(self.predictor, "class_names", None) or [])
+
+    def _class_columns(self) -> dict[str, Any]:
+        """A multitask model's case class: ``class``, ``p_<name>`` per class, ``class_pooled_over``."""
+        found = getattr(self.predictor, "last_class", None)
+        if not self._class_names() or not found:
+            return {}
+        row: dict[str, Any] = {"class": found["class"], "class_pooled_over": found["pooled_over"]}
+        row.update({f"p_{name}": round(float(p), 4) for name, p in found["probabilities"].items()})
         return row
 
     # -- the batch ------------------------------------------------------------------------------------------
@@ -281,6 +298,8 @@ class BatchRunner:
         for name in self.label_names:
             extra += [f"{name}_voxels", f"{name}_ml"]
         extra += [f"{name}_max_diameter_mm" for name in self.diameters]
+        if self._class_names():
+            extra += ["class", *(f"p_{name}" for name in self._class_names()), "class_pooled_over"]
         return [*BASE_COLUMNS, *extra]
 
     def _write_summary(self, rows: Sequence[Mapping[str, Any]], path: Path) -> None:

@@ -18,10 +18,13 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from monai.networks.nets import DynUNet, UNet
+
+from medseg3d.networks.classifier import attach_classifier
 
 KINDS = ("unet", "dynunet")
 
@@ -37,6 +40,8 @@ def res_unet(
     kind: str = "unet",
     spatial_dims: int = 3,
     deep_supervision: int = 0,
+    num_classes: int = 0,
+    classifier: Mapping[str, Any] | None = None,
 ) -> torch.nn.Module:
     """Build the Res-UNet: 3D, or 2D for the 2.5D slice-stack models (``spatial_dims=2``).
 
@@ -54,6 +59,10 @@ def res_unet(
             nnU-Net trains with them). In training mode the network then returns (B, 1 + heads, out_channels,
             ...), every head upsampled to the input size, for ``make_loss(deep_supervision=True)``; in eval
             mode (validation, inference) only the full-resolution output, so inference is unchanged.
+        num_classes: 0 (default): segmentation only, exactly the network without a head. >= 2: a classification
+            head on the deepest features (``medseg3d.networks.classifier``); the output gains ``num_classes``
+            channels of class logits after the ``out_channels`` segmentation logits.
+        classifier: the head's options (``pyramid``, ``hidden``, ``dropout``, ``stop_gradient``).
 
     Raises:
         ValueError: inconsistent or out-of-range arguments, each named.
@@ -81,6 +90,20 @@ def res_unet(
             f"deep_supervision needs kind='dynunet' and 0 < heads < {len(strides)} (the decoder's coarser levels), "
             f"got {deep_supervision} heads with kind={kind!r}"
         )
+    if num_classes and (num_classes < 2 or deep_supervision):
+        raise ValueError(
+            f"a classification head needs num_classes >= 2 and no deep_supervision, got {num_classes} and "
+            f"{deep_supervision}"
+        )
+    net = _segmentation_net(
+        in_channels, out_channels, channels, strides, num_res_units, norm, dropout, kind, spatial_dims, deep_supervision
+    )
+    return attach_classifier(net, num_classes, **(classifier or {})) if num_classes else net
+
+
+def _segmentation_net(
+    in_channels, out_channels, channels, strides, num_res_units, norm, dropout, kind, spatial_dims, deep_supervision
+) -> torch.nn.Module:
     if kind == "unet":
         if num_res_units < 1:
             raise ValueError(f"a Res-UNet needs num_res_units >= 1, got {num_res_units}")

@@ -32,6 +32,7 @@ from medseg3d.training.handlers import (
     TimeBudget,
     ValidationSchedule,
 )
+from medseg3d.training.multitask import MultitaskLoss, MultitaskSchedule
 from medseg3d.training.rank_handlers import handlers_for_rank
 from medseg3d.training.validation import FixedPatches, patch_dice_metrics, postprocessing
 
@@ -75,6 +76,7 @@ class TrainHandlers:
         max_minutes: a wall-clock budget for the run (``TimeBudget``), or None.
         run_start: the ``time.monotonic()`` reading the budget counts from (the bundles: when their workflow
             initializes); None: when the trainer starts.
+        loss: the training loss; a ``MultitaskLoss`` gets its ``MultitaskSchedule`` (λ follows the epochs).
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class TrainHandlers:
         val_time_share: float = 0.1,
         max_minutes: float | None = None,
         run_start: float | None = None,
+        loss: torch.nn.Module | None = None,
     ) -> None:
         rank = get_rank() if rank is None else rank
         self.schedule = ValidationSchedule(
@@ -148,6 +151,8 @@ class TrainHandlers:
             self.checkpoints,
             GracefulStop(self.checkpoints, resume_hint=resume_hint),
         ]
+        if isinstance(loss, MultitaskLoss):
+            every.insert(2, MultitaskSchedule(loss))  # every rank: each computes its own loss
         self.handlers = handlers_for_rank(every, rank=rank)
 
 
@@ -214,6 +219,7 @@ def patch_evaluator(
     label_names: Sequence[str] | None = None,
     amp: bool = False,
     batch_size: int = 1,
+    num_classes: int = 0,
 ) -> SupervisedEvaluator:
     """The per-epoch check: the network segments each of the fixed validation ``patches`` whole (MONAI's
     ``SimpleInferer``, the patch being the training patch size), the logits are decoded as inference decodes
@@ -228,6 +234,8 @@ def patch_evaluator(
         label_names: the foreground labels in value order (labels mode).
         amp: autocast (as in training).
         batch_size: patches per network call.
+        num_classes: class channels after the segmentation logits (a multitask network): dropped here, the
+            patch check scores segmentation.
     """
     loader = DataLoader(patches, batch_size=batch_size, shuffle=False, num_workers=0)
     return supervised_evaluator(
@@ -235,7 +243,7 @@ def patch_evaluator(
         val_data_loader=loader,
         network=network,
         inferer=SimpleInferer(),
-        postprocessing=postprocessing(output_mode, label_names),
+        postprocessing=postprocessing(output_mode, label_names, num_classes=num_classes, pool_classes=False),
         metrics=patch_dice_metrics(output_mode, label_names),
         key_metric="patch_mean_dice",
         amp=amp,

@@ -5,7 +5,9 @@ A bundle's YAML keeps the numbers and short references; how they combine into MO
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from monai.transforms import (
@@ -17,7 +19,10 @@ from monai.transforms import (
     MapTransform,
 )
 
+from medseg3d.core.checkpoint_format import load_into
+from medseg3d.core.errors import InputError
 from medseg3d.data.sitk_reader import SimpleITKReader
+from medseg3d.networks.classifier import HEAD_PREFIX
 from medseg3d.training.optim import make_scheduler
 from medseg3d.transforms.array import NonZero
 from medseg3d.transforms.ct import ct_preprocessing
@@ -120,3 +125,21 @@ def epoch_scheduler(
     """
     warmup = warmup_epochs * steps_per_epoch if max_epochs > warmup_epochs else 0
     return make_scheduler(optimizer, name, max_epochs * steps_per_epoch, warmup)
+
+
+def start_from(network: torch.nn.Module, checkpoint: str | os.PathLike | None) -> None:
+    """Start training from the network weights in ``checkpoint`` (a run's ``best.pt`` or a bare state dict), not
+    from a random initialisation: fine-tuning, or adding classification to a trained segmentation model (its
+    checkpoint has no ``classifier.*`` weights: the head keeps its fresh initialisation). None: nothing. The
+    bundles run this before ``restore``, so a resumed run still continues from its own ``last.pt``.
+
+    Raises:
+        InputError: naming the file: missing, damaged, or weights that do not fit (``load_into``).
+    """
+    if checkpoint is None or checkpoint == "":
+        return
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise InputError(path, "init_weights names no file; expected a checkpoint (a run's checkpoints/best.pt)")
+    hint = "start from a checkpoint of the same network_def, in_channels and output_mode"
+    load_into(network, path, hint=hint, optional=(HEAD_PREFIX,))

@@ -23,12 +23,16 @@ import torch
 from ignite.metrics import Metric
 from monai.data.utils import set_rnd
 from monai.handlers import MeanDice, from_engine
-from monai.transforms import AsDiscreted, Compose
+from monai.transforms import AsDiscreted, Compose, CopyItemsd, DeleteItemsd
 from torch.utils.data import Dataset
 
-from medseg3d.core.constants import PREPARED_LABELS, REGIONS
+from medseg3d.core.constants import CLASS_KEY, PREPARED_LABELS, REGIONS
+from medseg3d.metrics import classification_scores
+from medseg3d.transforms.classes import CLASS_LOGITS, CLASS_MAP, PoolClassLogitsd, SplitClassMapd
 from medseg3d.transforms.decode import LogitsToLabelsd
 from medseg3d.transforms.dictionary import ConnectedComponentsd, LabelsToRegionsd
+
+CLASS_TARGET = "class_target"  # a case's class index in the evaluator's output (copied from the batch)
 
 
 def output_names(output_mode: str, label_names: Sequence[str] | None = None) -> list[str]:
@@ -54,6 +58,8 @@ def postprocessing(
     output_mode: str,
     label_names: Sequence[str] | None = None,
     rules: Mapping[Any, Mapping[str, Any]] | None = None,
+    num_classes: int = 0,
+    pool_classes: bool = True,
 ) -> Compose:
     """Logits to the label map ``medseg3d infer`` writes, encoded as binary channels for Dice.
 
@@ -67,6 +73,11 @@ def postprocessing(
         output_mode: ``regions`` or ``labels``.
         label_names: the foreground labels in value order (labels mode; default the prepared BraTS labels).
         rules: the bundle's ``postprocess`` rules, checked here, so a typo fails when the workflow is built.
+        num_classes: K > 0: a multitask network's output, whose last K channels are class logits. They are split
+            off before decoding and pooled over the decoded tumour (before the rules) into ``class_logits`` (K,)
+            (``medseg3d.transforms.classes``, as ``medseg3d infer`` pools them); the case's class index is copied
+            from the batch's ``class`` into ``class_target``.
+        pool_classes: False: the class channels are split off and dropped (the patch check scores segmentation).
 
     Example:
         >>> import torch
@@ -78,7 +89,13 @@ def postprocessing(
         ((3, 6, 5, 4), [40, 40, 40])
     """
     names = output_names(output_mode, label_names)
-    transforms: list = [LogitsToLabelsd(keys="pred", output_mode=output_mode)]
+    seg_channels = len(names) + (output_mode == "labels")
+    transforms: list = [SplitClassMapd(keys="pred", seg_channels=seg_channels)] if num_classes else []
+    if num_classes and not pool_classes:
+        transforms.append(DeleteItemsd(keys=CLASS_MAP))
+    transforms.append(LogitsToLabelsd(keys="pred", output_mode=output_mode))
+    if num_classes and pool_classes:  # over the decoded labels, as the predictor pools them (before the rules)
+        transforms += [PoolClassLogitsd(keys="pred"), CopyItemsd(keys=CLASS_KEY, names=CLASS_TARGET)]
     if rules:
         transforms.append(ConnectedComponentsd(keys="pred", rules=rules))
     if output_mode == "regions":
@@ -162,6 +179,62 @@ class GlobalDice(Metric):
         if not bool(defined.any()):
             return float("nan")
         return float((2 * tp[defined] / (2 * tp + fp + fn)[defined]).mean())
+
+
+class CaseClassification(Metric):
+    """Case-level classification over a validation pass: each case's pooled ``class_logits`` (softmax) against
+    its ``class_target`` (-1: unknown, left out), scored by ``medseg3d.metrics.classification_scores`` at the end.
+
+    ``compute`` returns a dict, which ignite also spreads into the engine's metrics: ``<prefix>accuracy``,
+    ``<prefix>balanced_accuracy``, ``<prefix>auc`` (NaN where not computable, e.g. one class only) and
+    ``<prefix>confusion_<true>_<predicted>`` counts, all scalars, so ``metrics.csv`` has a column for each.
+
+    >>> metric = CaseClassification(["LGG", "HGG"])
+    >>> metric.update(([torch.tensor([2.0, -1.0]), torch.tensor([0.0, 1.0])], [torch.tensor(0), torch.tensor(1)]))
+    >>> scores = metric.compute()
+    >>> scores["val_class_accuracy"], scores["val_class_auc"], scores["val_class_confusion_HGG_HGG"]
+    (1.0, 1.0, 1)
+    """
+
+    def __init__(self, names: Sequence[str], prefix: str = "val_class_", output_transform: Callable | None = None):
+        self.names, self.prefix = [str(n) for n in names], prefix
+        super().__init__(output_transform=output_transform or from_engine([CLASS_LOGITS, CLASS_TARGET]))
+
+    def reset(self) -> None:
+        self._probabilities: list[np.ndarray] = []
+        self._targets: list[int] = []
+
+    def update(self, output: tuple[Sequence[torch.Tensor], Sequence[Any]]) -> None:
+        for logits, target in zip(*output, strict=True):
+            self._probabilities.append(torch.softmax(torch.as_tensor(logits).float().reshape(-1), 0).cpu().numpy())
+            self._targets.append(int(torch.as_tensor(target).reshape(-1)[0]))
+
+    def compute(self) -> dict[str, float]:
+        k = len(self.names)
+        probabilities = np.stack(self._probabilities) if self._probabilities else np.zeros((0, k))
+        scores = classification_scores(probabilities, np.asarray(self._targets, dtype=int), self.names)
+        nan = float("nan")
+        out = {f"{self.prefix}{key}": nan if scores[key] is None else float(scores[key])
+               for key in ("accuracy", "balanced_accuracy", "auc")}  # fmt: skip
+        for i, true in enumerate(self.names):
+            for j, predicted in enumerate(self.names):
+                out[f"{self.prefix}confusion_{true}_{predicted}"] = int(scores["confusion"][i][j])
+        return out
+
+
+def validation_metrics(
+    output_mode: str, label_names: Sequence[str] | None = None, class_names: Sequence[str] | None = None
+) -> dict[str, Metric]:
+    """The full validation's metrics: ``dice_metrics`` and, with ``class_names`` (a multitask network), the
+    case classification's ``val_class_*`` (``CaseClassification``).
+
+    >>> sorted(validation_metrics("regions", class_names=["LGG", "HGG"]))
+    ['val_class', 'val_dice_ET', 'val_dice_TC', 'val_dice_WT', 'val_mean_dice']
+    """
+    metrics: dict[str, Metric] = dict(dice_metrics(output_mode, label_names))
+    if class_names:
+        metrics["val_class"] = CaseClassification(class_names)
+    return metrics
 
 
 def patch_dice_metrics(output_mode: str, label_names: Sequence[str] | None = None) -> dict[str, GlobalDice]:

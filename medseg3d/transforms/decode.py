@@ -90,19 +90,22 @@ class LogitsToLabelsd(MapTransform):
         return d
 
 
-def background_logits(output_mode: str, channels: int, margin: float = 10.0) -> float | list[float]:
+def background_logits(
+    output_mode: str, channels: int, margin: float = 10.0, class_channels: int = 0
+) -> float | list[float]:
     """Constant logits that decode to background: every region off (regions), or label 0 first (labels).
 
     The sliding-window inferer gives them to the voxels outside the foreground's box (air around the head), as
-    nnU-Net does; a float for every channel, or one per channel.
+    nnU-Net does; a float for every channel, or one per channel. A multitask network's ``class_channels`` after
+    the segmentation channels get 0 there (no evidence; the case's class is pooled over the tumour anyway).
 
-    >>> background_logits("regions", 3), background_logits("labels", 3)
-    (-10.0, [10.0, -10.0, -10.0])
+    >>> background_logits("regions", 3), background_logits("labels", 3), background_logits("regions", 3, 10, 2)
+    (-10.0, [10.0, -10.0, -10.0], [-10.0, -10.0, -10.0, 0.0, 0.0])
     >>> int(logits_to_labels(torch.tensor(background_logits("labels", 3))[:, None, None, None], "labels").max())
     0
     """
     if output_mode == "regions":
-        return -float(margin)
+        return -float(margin) if not class_channels else [-float(margin)] * int(channels) + [0.0] * class_channels
     if output_mode == "labels":
-        return [float(margin)] + [-float(margin)] * (int(channels) - 1)
+        return [float(margin)] + [-float(margin)] * (int(channels) - 1) + [0.0] * int(class_channels)
     raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")

@@ -27,6 +27,7 @@ BUNDLES = [
     pytest.param("brats_mri_resunet_3d", id="brats_mri_resunet_3d"),
     pytest.param("brats_mri_slicestack_2p5d", id="brats_mri_slicestack_2p5d", marks=pytest.mark.slow),
     pytest.param("ct_aorta_resunet_3d", id="ct_aorta_resunet_3d"),
+    pytest.param("brats_mri_resunet_3d+grade", id="brats_mri_resunet_3d+grade"),  # with the classification head
 ]
 # 2 training cases, batch 1: 2 iterations per epoch, so a stop can fall mid-epoch.
 RUN = {

@@ -15,6 +15,7 @@ from medseg3d.data.dataset_json import (
     KEPT_FIELDS,
     SCHEMA_VERSION,
     assign_entry_folds,
+    class_names_for,
     fold_datalists,
     read_dataset_json,
     relative_path,
@@ -285,3 +286,26 @@ def test_fold_not_present_and_every_case_in_one_fold(written: Path) -> None:
     write_dataset_json(written, content)
     with pytest.raises(InputError, match="fold 0 holds every case; nothing is left to train on"):
         fold_datalists(written, 0)
+
+
+def test_class_indices_for_a_multitask_network(written: Path) -> None:
+    """``class_field``: each case holds ``class``, the index of its value in ``class_names``; null is -1."""
+    content = read_dataset_json(written)
+    content["training"][3]["grade"] = None
+    write_dataset_json(written, content)
+    names = class_names_for(written, "grade")
+    assert names == ["LGG", "HGG"]  # grade's own order: HGG is the positive class
+    train, val = fold_datalists(written, 1, class_field="grade", class_names=names)
+    by_case = {e["case_id"]: e["class"] for e in train + val}
+    assert by_case == {"case_00": 1, "case_01": 0, "case_02": 1, "case_03": -1}
+    assert all("class" not in e for e in fold_datalists(written, 1)[0])  # no field: no class
+    assert class_names_for(written, "site") == ["a", "b"]  # a column of its own: its sorted values
+    assert class_names_for(written, "site", ["b", "a"]) == ["b", "a"] and class_names_for(written, None) == []
+    with pytest.raises(InputError, match=r"grade is 'HGG'; expected one of \['x', 'y'\]") as info:
+        fold_datalists(written, 1, class_field="grade", class_names=["x", "y"])
+    assert str(written / "dataset.json") in str(info.value)
+    content["training"][1]["site"] = "a"
+    content["training"][3]["site"] = None
+    write_dataset_json(written, content)
+    with pytest.raises(InputError, match="expected at least two classes"):
+        class_names_for(written, "site")

@@ -294,3 +294,31 @@ def test_device_cuda_without_cuda_is_refused(batch: Path, checkpoint: Path, tmp_
     assert _infer(batch, tmp_path / "out", checkpoint, "--device", "cuda") == 2
     assert "no CUDA device" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_multitask_model_writes_each_case_class(batch: Path, tmp_path: Path) -> None:
+    """``--classify grade``: the label maps as a segmentation model writes them from the same segmentation
+    weights, and summary.csv gains the predicted grade, a probability per grade and what was pooled."""
+    torch.manual_seed(0)
+    net = res_unet(4, 3, channels=(4, 8), strides=(2,), num_classes=2)
+    save_checkpoint({"network": net.state_dict()}, tmp_path / "multi.pt")
+    seg_only = {k: v for k, v in net.state_dict().items() if not k.startswith("classifier.")}
+    save_checkpoint({"network": seg_only}, tmp_path / "seg.pt")
+    ok = ["BraTS2021_00000", "BraTS2021_00001"]
+    inputs = tmp_path / "in"
+    for case in ok:
+        shutil.copytree(batch / case, inputs / case)
+    assert _infer(inputs, tmp_path / "multi", tmp_path / "multi.pt", "--classify", "grade") == 0
+    assert _infer(inputs, tmp_path / "seg", tmp_path / "seg.pt") == 0
+    rows = _rows(tmp_path / "multi")
+    header = (tmp_path / "multi" / "summary.csv").read_text().splitlines()[0].split(",")
+    assert header[-4:] == ["class", "p_LGG", "p_HGG", "class_pooled_over"]
+    for case in ok:
+        row = rows[case]
+        assert row["class"] in ("LGG", "HGG") and row["class_pooled_over"] in ("tumour", "foreground")
+        assert float(row["p_LGG"]) + float(row["p_HGG"]) == pytest.approx(1.0, abs=2e-4)
+        assert (float(row["p_HGG"]) > 0.5) == (row["class"] == "HGG")
+        multi = nib.load(tmp_path / "multi" / f"{case}.nii.gz").get_fdata()
+        seg = nib.load(tmp_path / "seg" / f"{case}.nii.gz").get_fdata()
+        np.testing.assert_array_equal(multi, seg)
+    assert "class" not in (tmp_path / "seg" / "summary.csv").read_text().splitlines()[0].split(",")
