@@ -57,7 +57,9 @@ def cmd_datalist(args: argparse.Namespace) -> int:
 
     names = [name.strip() for name in args.labels.split(",")] if args.labels is not None else None
     try:
-        result = build_datalist(args.root, out=args.out, folds=args.folds, seed=args.seed, label_names=names)
+        result = build_datalist(
+            args.root, out=args.out, folds=args.folds, seed=args.seed, label_names=names, classes=args.classes
+        )
     except DatalistError as exc:  # nothing written; still say what was rejected before the error line
         for rejection in exc.rejected:
             print(f"rejected {rejection}")
@@ -127,10 +129,14 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.class_field is not None and args.classes is None:
+        raise ValueError("--class-field names a column of --classes FILE; give --classes too")
     # lazy: torch and MONAI (6 s; `--help` takes 0.04 s)
     from medseg3d.evaluation import run_evaluation
 
-    return run_evaluation(args.pred, args.gt, task=args.task, out=args.out)
+    return run_evaluation(
+        args.pred, args.gt, task=args.task, out=args.out, classes=args.classes, class_field=args.class_field
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -182,8 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="list a folder of image/label pairs as a training dataset.json with folds",
         description="Find the image/label pairs under ROOT (imagesTr/ + labelsTr/, or <id>_ct + <id>_seg files and "
         "DICOM series folders), check each (readable, label on the image's grid, label values non-negative "
-        "integers) and write OUT/dataset.json with cross-validation folds (docs/data.md). A bad pair is reported "
-        "and left out; the exit code is then 1. Exit code 2: nothing usable, or bad arguments.",
+        "integers) and write OUT/dataset.json with cross-validation folds (docs/data.md); --classes CSV adds "
+        "per-case class columns. A bad pair is reported and left out; the exit code is then 1. Exit code 2: "
+        "nothing usable, a bad --classes CSV, or bad arguments.",
     )
     datalist.add_argument("root", type=Path, help="folder of image/label pairs")
     datalist.add_argument("--out", type=Path, default=None, help="folder of the dataset.json (ROOT)")
@@ -194,6 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="NAME[,NAME...]",
         help="names of the label values 1, 2, ... in value order (label_1, label_2, ...)",
+    )
+    datalist.add_argument(
+        "--classes",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="per-case classes: a CSV case_id,<field>[,<field>...]; each field becomes a column of every case "
+        "(null where unknown), for `medseg3d train --classify <field>`; folds balanced over the first field",
     )
     datalist.set_defaults(func=cmd_datalist)
 
@@ -254,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         help="score label maps against ground truth: Dice, HD95, lesion-wise, detection counts",
         description="Score every prediction in PRED against its ground truth in GT (paired by case ID) and write "
-        "report.csv and summary.json (docs/evaluation.md). Exit code 1 when a case failed or has no prediction.",
+        "report.csv and summary.json (docs/evaluation.md). With --classes, also score the case classes a multitask "
+        "`medseg3d infer` wrote into PRED/summary.csv: accuracy, balanced accuracy, AUC, confusion matrix. Exit code "
+        "1 when a case failed or has no prediction.",
     )
     evaluate.add_argument("pred", type=Path, help="folder of predicted label maps (or one file)")
     evaluate.add_argument("gt", type=Path, help="folder of ground-truth label maps or a raw BraTS tree (or one file)")
@@ -263,6 +280,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--out", type=Path, default=None, help="folder for report.csv and summary.json (PRED/evaluation)"
+    )
+    evaluate.add_argument(
+        "--classes",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also score the case classes a multitask `medseg3d infer` wrote (PRED/summary.csv) against the "
+        "true ones: a CSV case_id,<field> or a dataset.json (or its folder)",
+    )
+    evaluate.add_argument(
+        "--class-field",
+        default=None,
+        metavar="NAME",
+        help="the column of --classes that holds the true class (a CSV with one column besides case_id: that "
+        "one; a dataset.json: grade)",
     )
     evaluate.set_defaults(func=cmd_evaluate)
 

@@ -5,6 +5,11 @@ metrics of ``medseg3d.metrics`` per case and per BraTS region (``task="brats"``)
 (``task="labels"``), and writes ``report.csv`` (one row per case) and ``summary.json`` (mean, std, median
 and n of every metric over the cases evaluated). A case that cannot be evaluated is a row with its reason;
 the others go on. The on-disk contract is docs/evaluation.md.
+
+With ``classes`` (``--classes FILE``), the case classes a multitask ``medseg3d infer`` wrote into PRED's
+``summary.csv`` (``class``, ``p_<name>`` per class) are also scored against the true classes of FILE (a CSV
+``case_id,<field>`` or a ``dataset.json``) with ``medseg3d.metrics.classification_scores``: accuracy, balanced
+accuracy, AUC and the confusion matrix, under ``classification`` in ``summary.json``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from medseg3d.core.constants import IMAGE_EXTENSIONS, REGIONS
 from medseg3d.core.errors import InputError, check_output_folder
 from medseg3d.core.io import write_json, write_text
 from medseg3d.data.brats import find_cases
+from medseg3d.data.dataset_json import DATASET_JSON, dataset_json_path, read_dataset_json
+from medseg3d.data.pairs import CASE_ID_COLUMN, read_class_csv
 from medseg3d.data.reader import Grid, check_same_grid, read_label
 from medseg3d.metrics import (
     BRATS_CONVENTIONS,
@@ -36,6 +43,7 @@ from medseg3d.metrics import (
     LesionRules,
     absent_label_metrics,
     brats_case_metrics,
+    classification_scores,
     labels_case_metrics,
     spacing_from_affine,
     summary_statistics,
@@ -54,6 +62,11 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
 COUNT_METRICS = frozenset({"lesion_tp", "lesion_fn", "lesion_fp", "gt_components", "hits", "misses", "fp_components"})
 # Statuses that make the command fail (exit code 1); a prediction without ground truth is only reported.
 FAILING_STATUSES = frozenset({"failed", "missing_pred"})
+# Case classes (``classes=``): what ``medseg3d infer`` writes beside its label maps, and report.csv's columns.
+INFER_SUMMARY_NAME = "summary.csv"
+PROBABILITY_PREFIX = "p_"
+CLASS_REPORT_COLUMNS: tuple[str, ...] = ("class_true", "class_pred")
+DEFAULT_CLASS_FIELD = "grade"  # of a dataset.json, where prep_brats writes the glioma grade
 
 _SEG_SUFFIX = re.compile(r"[_-]seg$", re.IGNORECASE)
 
@@ -259,6 +272,204 @@ def evaluate_case(
         raise InputError(gt_path, f"{exc} (prediction {pred_path})") from None
 
 
+# ----------------------------------------------------------------------------------------------------- case classes
+
+
+@dataclass(frozen=True)
+class ClassPredictions:
+    """The case classes of a multitask ``medseg3d infer`` (its ``summary.csv``).
+
+    Attributes:
+        path: the ``summary.csv``.
+        names: the classes in index order: the order of its ``p_<name>`` columns.
+        probabilities: case ID -> the K class probabilities, for every row that has them.
+        without: case IDs of the rows without probabilities (a failed case, a case skipped by ``--resume``).
+    """
+
+    path: Path
+    names: list[str]
+    probabilities: dict[str, np.ndarray]
+    without: list[str]
+
+
+def read_class_predictions(pred: str | os.PathLike) -> ClassPredictions:
+    """Read the case classes from ``summary.csv`` in ``pred`` (beside it when ``pred`` is a file).
+
+    Raises:
+        InputError: no ``summary.csv``, or one without ``case_id`` or ``p_<name>`` columns (naming the PRED folder
+            and saying to run ``medseg3d infer --classify``); an unreadable file, a row with some probabilities
+            missing or a probability that is not a number in [0, 1] (naming the file, the case and the column).
+    """
+    pred = Path(pred)
+    folder = pred if pred.is_dir() else pred.parent
+    path = folder / INFER_SUMMARY_NAME
+    hint = (
+        "expected the summary.csv of a multitask model's predictions, with class and p_<name> columns: run "
+        "`medseg3d infer --bundle BUNDLE --classify <field> ...` with a checkpoint trained with --classify"
+    )
+    if not path.is_file():
+        raise InputError(folder, f"holds no {INFER_SUMMARY_NAME}; {hint}")
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            header, rows = list(reader.fieldnames or []), list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(path, f"cannot be read ({exc}); {hint}") from None
+    columns = [name for name in header if name.startswith(PROBABILITY_PREFIX) and len(name) > len(PROBABILITY_PREFIX)]
+    if CASE_ID_COLUMN not in header or not columns:
+        found = ", ".join(header) or "none"
+        raise InputError(folder, f"{INFER_SUMMARY_NAME} has no case classes (columns: {found}); {hint}")
+    names = [name[len(PROBABILITY_PREFIX) :] for name in columns]
+    probabilities: dict[str, np.ndarray] = {}
+    without: list[str] = []
+    for number, row in enumerate(rows, 2):
+        case_id = (row.get(CASE_ID_COLUMN) or "").strip()
+        cells = [(row.get(column) or "").strip() for column in columns]
+        if not case_id or not any(cells):
+            if case_id:
+                without.append(case_id)
+            continue
+        values = []
+        for column, cell in zip(columns, cells, strict=True):
+            try:
+                value = float(cell)
+            except ValueError:
+                value = math.nan
+            if not 0.0 <= value <= 1.0:
+                raise InputError(path, f"line {number} (case {case_id}): {column} is {cell!r}; expected a "
+                                 "probability from 0 to 1 in every p_<name> column")  # fmt: skip
+            values.append(value)
+        probabilities[case_id] = np.array(values)
+    return ClassPredictions(path, names, probabilities, without)
+
+
+def _truth_text(value: Any) -> str | None:
+    """A true class as text; None (unknown) for null and empty values."""
+    if value is None:
+        return None
+    return str(value).strip() or None
+
+
+def read_class_truth(path: str | os.PathLike, field: str | None = None) -> tuple[Path, str, dict[str, str | None]]:
+    """The true class of each case: from a CSV ``case_id,<field>[,...]`` or a ``dataset.json`` (or its folder).
+
+    Args:
+        path: the CSV (read by ``medseg3d.data.pairs.read_class_csv``), or the ``dataset.json`` file or folder
+            (read by ``medseg3d.data.dataset_json.read_dataset_json``: its ``training`` and ``test`` cases).
+        field: the column holding the class. Default: a CSV's one column besides ``case_id``; a ``dataset.json``'s
+            ``grade`` (``DEFAULT_CLASS_FIELD``).
+
+    Returns:
+        (the file read, the field, case ID compared ignoring case (``casefold``) -> class, None where unknown).
+
+    Raises:
+        InputError: naming the file: missing, unreadable, a CSV with several columns and no ``field``, a ``field``
+            no column or case holds, a ``.json`` file not named ``dataset.json``.
+    """
+    path = Path(path)
+    if path.is_dir() or path.name == DATASET_JSON:
+        folder = path if path.is_dir() else path.parent
+        content = read_dataset_json(folder)
+        source = dataset_json_path(folder)
+        field = field or DEFAULT_CLASS_FIELD
+        cases = [*content["training"], *content.get("test", [])]
+        if not any(field in case for case in cases):
+            held = ", ".join(sorted({key for case in cases for key in case} - {"case_id", "image", "label", "fold"}))
+            raise InputError(source, f"no case holds {field!r}; expected --class-field naming a per-case column "
+                             f"(other columns the cases hold: {held or 'none'})")  # fmt: skip
+        return source, field, {case["case_id"].casefold(): _truth_text(case.get(field)) for case in cases}
+    if not path.is_file():
+        raise InputError(path, "not found; expected a CSV case_id,<field> or a dataset.json (or its folder) holding "
+                         "the true class of each case")  # fmt: skip
+    if path.suffix.lower() == ".json":
+        raise InputError(path, f"is a .json file not named {DATASET_JSON}; expected a dataset.json (prep_brats, "
+                         "medseg3d datalist) or a CSV case_id,<field>")  # fmt: skip
+    table = read_class_csv(path)
+    if field is None:
+        if len(table.columns) != 1:
+            raise InputError(path, f"has {len(table.columns)} columns besides case_id ({', '.join(table.columns)}); "
+                             "expected one, or --class-field naming the one that holds the true class")  # fmt: skip
+        field = table.columns[0]
+    elif field not in table.columns:
+        raise InputError(path, f"has no column {field!r} (columns: {', '.join(table.columns)}); expected the "
+                         "--class-field column beside case_id")  # fmt: skip
+    return path, field, {case_id.casefold(): _truth_text(row[field]) for case_id, row in table.rows.items()}
+
+
+def score_classes(
+    case_ids: Sequence[str], predictions: ClassPredictions, truth_path: Path, field: str, truth: dict[str, str | None]
+) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
+    """Score the predicted case classes against the true ones.
+
+    Every case of ``case_ids`` (the evaluated label maps) and of ``predictions`` counts once: a case without
+    predicted probabilities, or whose true class is unknown (absent, null or empty), is left out and listed.
+
+    Returns:
+        (the ``classification`` entry of ``summary.json``: ``field``, ``truth``, ``predictions``, ``classes``,
+        ``cases``, ``accuracy``, ``balanced_accuracy``, ``auc``, ``auc_of``, ``confusion``, ``left_out``;
+        case ID -> ``class_true``/``class_pred`` for report.csv).
+
+    Raises:
+        InputError: naming ``truth_path``: a true class of a predicted case that is not one of the classes, or no
+            predicted case with a known true class at all.
+    """
+    names = predictions.names
+    probabilities, targets = [], []
+    unknown, no_prediction = [], []
+    per_case: dict[str, dict[str, str]] = {}
+    for case_id in sorted({*case_ids, *predictions.probabilities, *predictions.without}):
+        true = truth.get(case_id.casefold())
+        found = predictions.probabilities.get(case_id)
+        per_case[case_id] = {
+            "class_true": true or "",
+            "class_pred": names[int(np.argmax(found))] if found is not None else "",
+        }
+        if found is None:
+            no_prediction.append(case_id)
+        elif true is None:
+            unknown.append(case_id)
+        elif true not in names:
+            raise InputError(truth_path, f"case {case_id}: {field} is {true!r}; expected one of {names} (the "
+                             f"p_<name> columns of {predictions.path}) or empty for unknown")  # fmt: skip
+        else:
+            probabilities.append(found)
+            targets.append(names.index(true))
+    if not targets:
+        raise InputError(truth_path, f"no case of {predictions.path} has a known {field} here ({len(unknown)} "
+                         f"predicted cases unknown); expected their case IDs with a {field} value")  # fmt: skip
+    scores = classification_scores(np.stack(probabilities), np.array(targets), names)
+    summary = {
+        "field": field,
+        "truth": str(truth_path),
+        "predictions": str(predictions.path),
+        "classes": list(names),
+        **scores,
+        "auc_of": f"{names[-1]} vs {names[0]}" if len(names) == 2 else "mean one-vs-rest AUC of the classes present",
+        "left_out": {"unknown_truth": unknown, "no_prediction": no_prediction},
+    }
+    return summary, per_case
+
+
+def format_classification(scores: dict[str, Any]) -> str:
+    """The ``classification`` entry of ``summary.json`` as text: the scores, then the confusion matrix."""
+    left = scores["left_out"]
+    lines = [
+        f"classification of {scores['field']} (truth {scores['truth']}): {scores['cases']} cases scored, "
+        f"{len(left['unknown_truth'])} with unknown truth and {len(left['no_prediction'])} without predicted "
+        "class left out",
+        f"accuracy {_number(scores['accuracy'])}  balanced accuracy {_number(scores['balanced_accuracy'])}  "
+        f"AUC {_number(scores['auc'])} ({scores['auc_of']})",
+    ]
+    names = scores["classes"]
+    lines.append("confusion (a row per true class, a column per predicted class):")
+    cells = [["", *names]]
+    cells += [[name, *map(str, counts)] for name, counts in zip(names, scores["confusion"], strict=True)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    lines += ["  ".join(cell.rjust(width) if i else cell.ljust(width) for i, (cell, width) in
+                        enumerate(zip(row, widths, strict=True))).rstrip() for row in cells]  # fmt: skip
+    return "\n".join(lines)
+
+
 @dataclass
 class EvaluationResult:
     """What ``evaluate_folders`` found and wrote.
@@ -309,7 +520,8 @@ def _number(value: float | None, digits: int = 3) -> str:
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    """The summary as a fixed-width table: one row per region or label, the headline metrics as columns."""
+    """The summary as a fixed-width table: one row per region or label, the headline metrics as columns; then the
+    case classification scores, when the summary holds them."""
     task, metrics, cases = summary["task"], summary["metrics"], summary["cases"]
     extra = ("lesion_dice", "lesion_hd95", "lesion_tp", "lesion_fn", "lesion_fp")
     if task == "labels":
@@ -337,6 +549,8 @@ def format_table(summary: dict[str, Any]) -> str:
         text.append("LW: BraTS 2023 lesion-wise scores (means over cases); TP/FN/FP: lesion counts summed over cases")
     else:
         text.append("GT comp/hits/misses/FP comp: 26-connected components summed over cases")
+    if "classification" in summary:
+        text.append(format_classification(summary["classification"]))
     return "\n".join(text)
 
 
@@ -365,6 +579,8 @@ def evaluate_folders(
     challenge: str = "BraTS-GLI",
     convention: str = "auto",
     progress: bool = False,
+    classes: str | os.PathLike | None = None,
+    class_field: str | None = None,
 ) -> EvaluationResult:
     """Evaluate every prediction of ``pred`` against ``gt`` and write ``report.csv`` and ``summary.json``.
 
@@ -378,13 +594,21 @@ def evaluate_folders(
         challenge: the BraTS 2023 challenge whose lesion-wise rules apply (``LESION_RULES``).
         convention: BraTS label convention, ``auto`` (per case, from the values present), ``legacy`` or ``2023``.
         progress: show a progress bar on stderr.
+        classes: the true case classes (a CSV ``case_id,<field>`` or a ``dataset.json``: ``read_class_truth``);
+            the classes a multitask ``medseg3d infer`` wrote into ``pred``'s ``summary.csv`` are then scored
+            (``score_classes``): ``classification`` in ``summary.json``, ``class_true`` and ``class_pred`` columns
+            in ``report.csv``, and the scores under the table.
+        class_field: the column of ``classes`` holding the class (``read_class_truth``'s default when None).
 
     Returns:
         The rows, the summary and the table; ``exit_code`` is 1 when a case failed or has no prediction.
 
     Raises:
-        InputError: the folders cannot be paired at all (see ``pair_cases``), or ``out`` cannot be written.
-        ValueError: unknown ``task``, ``challenge`` or ``convention``.
+        InputError: the folders cannot be paired at all (see ``pair_cases``), or ``out`` cannot be written; with
+            ``classes``: no case classes in ``pred`` (``read_class_predictions``), a bad ``classes`` file
+            (``read_class_truth``) or a true class that is not one of the predicted classes (``score_classes``).
+            All of these before any case is scored.
+        ValueError: unknown ``task``, ``challenge`` or ``convention``; ``class_field`` without ``classes``.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -392,11 +616,19 @@ def evaluate_folders(
         raise ValueError(f"challenge must be one of {tuple(LESION_RULES)}, got {challenge!r}")
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    if class_field is not None and classes is None:
+        raise ValueError(f"class_field {class_field!r} names a column of classes, but no classes file was given")
 
     pred, gt = Path(pred), Path(gt)
     pairs = pair_cases(pred, gt)
     out = Path(out) if out is not None else (pred if pred.is_dir() else pred.parent) / "evaluation"
     check_output_folder(out)  # before any case is scored in vain
+    classification, class_columns = None, {}
+    if classes is not None:  # before any case is scored too: it needs the case IDs only
+        truth_path, field, truth = read_class_truth(classes, class_field)
+        predictions = read_class_predictions(pred)
+        case_ids = [pair.case_id for pair in pairs]
+        classification, class_columns = score_classes(case_ids, predictions, truth_path, field, truth)
     rows = []
     for pair in tqdm(pairs, desc="evaluate", unit="case", disable=not progress, file=sys.stderr):
         row: dict[str, Any] = {"case_id": pair.case_id, "pred": pair.pred or "", "gt": pair.gt or ""}
@@ -407,6 +639,7 @@ def evaluate_folders(
             except Exception as exc:  # one bad case is a failed row with its reason; the others go on
                 reason = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
                 row.update(status="failed", error=reason)
+        row.update(class_columns.get(pair.case_id, {}))
         rows.append(row)
 
     if task == "brats":
@@ -421,6 +654,8 @@ def evaluate_folders(
                         row.setdefault(f"{name}_{metric}", value)
     columns = [*ID_COLUMNS, *(["convention"] if task == "brats" else [])]
     columns += [f"{name}_{metric}" for name in names for metric in TASK_METRICS[task]]
+    if classification is not None:
+        columns += CLASS_REPORT_COLUMNS
     statuses = [row["status"] for row in rows]
     rules = LESION_RULES[challenge]
     summary = {
@@ -444,6 +679,8 @@ def evaluate_folders(
             "volume_threshold_mm3": rules.volume_threshold_mm3,
             "hd95_penalty_mm": LESION_HD95_PENALTY_MM,
         }
+    if classification is not None:
+        summary["classification"] = classification
     table = format_table(summary)
     report_path = write_text(_report_csv(rows, columns), out / REPORT_NAME)
     summary_path = write_json(summary, out / SUMMARY_NAME)
@@ -451,10 +688,18 @@ def evaluate_folders(
 
 
 def run_evaluation(
-    pred: str | os.PathLike, gt: str | os.PathLike, task: str = "brats", out: str | os.PathLike | None = None
+    pred: str | os.PathLike,
+    gt: str | os.PathLike,
+    task: str = "brats",
+    out: str | os.PathLike | None = None,
+    classes: str | os.PathLike | None = None,
+    class_field: str | None = None,
 ) -> int:
-    """The ``medseg3d evaluate`` command: evaluate, print the table and the failures, return the exit code."""
-    result = evaluate_folders(pred, gt, task=task, out=out, progress=sys.stderr.isatty())
+    """The ``medseg3d evaluate`` command: evaluate, print the table (with the case classification scores when
+    ``classes`` is given) and the failures, return the exit code."""
+    result = evaluate_folders(
+        pred, gt, task=task, out=out, progress=sys.stderr.isatty(), classes=classes, class_field=class_field
+    )
     print(result.table)
     for row in result.rows:
         if row["status"] != "ok":

@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medseg3d.cli import main
 from medseg3d.core.errors import InputError
 from medseg3d.core.io import save_nifti
+from medseg3d.data.dataset_json import write_dataset_json
 from medseg3d.evaluation import (
     ID_COLUMNS,
     TASK_METRICS,
@@ -301,3 +303,126 @@ def test_real_brats2015_labels(real_data: Path, tmp_path: Path) -> None:
     assert row["status"] == "ok" and row["convention"] == "legacy"
     assert row["WT_dice"] == 1.0 and row["TC_dice"] == 1.0 and row["WT_lesion_dice"] == 1.0
     assert 0.5 < row["ET_dice"] < 1.0 and 0.0 < row["ET_hd95"] <= 3.0
+
+
+# ------------------------------------------------------------------------------------------------- case classes
+
+CUBE = (8, 8, 8)
+
+
+def _class_folders(tmp_path: Path, probabilities: dict[str, list[float] | None], names: list[str]) -> tuple[Path, Path]:
+    """PRED and GT folders of small cube label maps, PRED with the summary.csv of a multitask ``medseg3d infer``:
+    a case whose probabilities are None failed there (no label map, empty class columns)."""
+    pred_dir, gt_dir = tmp_path / "pred", tmp_path / "gt"
+    header = ["case_id", "input", "status", "error", "seconds", "class", *(f"p_{n}" for n in names)]
+    lines = [",".join([*header, "class_pooled_over"])]
+    for index, (case, found) in enumerate(probabilities.items()):
+        labels = np.zeros(CUBE, np.uint8)
+        labels[2 : 4 + index % 3, 2:5, 2:5] = 1
+        save_nifti(labels, AFFINE, gt_dir / f"{case}_seg.nii.gz")
+        if found is None:
+            lines.append(f"{case},scans/{case}.nii.gz,failed,cannot read,," + "," * len(names))
+            continue
+        save_nifti(labels, AFFINE, pred_dir / f"{case}.nii.gz")
+        predicted = names[int(np.argmax(found))]
+        cells = [case, f"scans/{case}.nii.gz", "ok", "", "1.5", predicted, *map(str, found), "tumour"]
+        lines.append(",".join(cells))
+    (pred_dir / "summary.csv").write_text("\n".join(lines) + "\n")
+    return pred_dir, gt_dir
+
+
+def test_case_classes_from_a_csv(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Two classes: AUC of 'yes' computed by hand; unknown truth and failed cases are left out and listed."""
+    probabilities = {
+        "a": [0.1, 0.9],  # yes, predicted yes
+        "b": [0.6, 0.4],  # yes, predicted no
+        "c": [0.55, 0.45],  # no, predicted no
+        "d": [0.8, 0.2],  # no, predicted no
+        "e": None,  # yes, but infer failed on it
+        "g": [0.4, 0.6],  # truth unknown (empty cell)
+    }
+    pred_dir, gt_dir = _class_folders(tmp_path, probabilities, ["no", "yes"])
+    truth = tmp_path / "aneurysm.csv"
+    truth.write_text("case_id,aneurysm\nA,yes\nb,yes\nc,no\nd,no\ne,yes\nf,no\ng,\n")  # f: never predicted
+    result = evaluate_folders(pred_dir, gt_dir, task="labels", classes=truth)
+    scores = result.summary["classification"]
+    # Positives (yes) 0.9, 0.4 against negatives 0.45, 0.2: 3 of the 4 pairs ordered -> AUC 0.75.
+    assert scores["auc"] == pytest.approx(0.75) and scores["auc_of"] == "yes vs no"
+    assert scores["accuracy"] == pytest.approx(0.75)  # a, c, d right; b wrong
+    assert scores["balanced_accuracy"] == pytest.approx((1 / 2 + 2 / 2) / 2)
+    assert scores["confusion"] == [[2, 0], [1, 1]]  # [true][predicted], classes in p_ column order
+    assert (scores["cases"], scores["classes"], scores["field"]) == (4, ["no", "yes"], "aneurysm")
+    assert scores["left_out"] == {"unknown_truth": ["g"], "no_prediction": ["e"]}
+    assert json.loads(result.summary_path.read_text())["classification"] == scores
+    report = {row["case_id"]: row for row in _read_report(result.report_path)}
+    assert list(report["a"])[-2:] == ["class_true", "class_pred"]
+    assert [(report[c]["class_true"], report[c]["class_pred"]) for c in "abdeg"] == [
+        ("yes", "yes"),
+        ("yes", "no"),
+        ("no", "no"),
+        ("yes", ""),
+        ("", "yes"),
+    ]
+    assert result.exit_code == 1  # e has no prediction: a Dice failure, as without --classes
+
+    # The command prints the scores after the Dice table.
+    assert main(["evaluate", str(pred_dir), str(gt_dir), "--task", "labels", "--classes", str(truth)]) == 1
+    printed = capsys.readouterr().out
+    assert printed.index("Dice mean+-std") < printed.index("classification of aneurysm")
+    assert "4 cases scored, 1 with unknown truth and 1 without predicted class left out" in printed
+    assert "accuracy 0.750  balanced accuracy 0.750  AUC 0.750 (yes vs no)" in printed
+    rows = [line.split() for line in printed.splitlines()]
+    assert rows[rows.index(["no", "yes"]) :][:3] == [["no", "yes"], ["no", "2", "0"], ["yes", "1", "1"]]
+
+
+def test_case_classes_from_a_dataset_json(tmp_path: Path) -> None:
+    """Three classes of a dataset.json column: the mean one-vs-rest AUC, computed by hand."""
+    names = ["GLI", "MEN", "MET"]
+    probabilities = {
+        "c1": [0.6, 0.3, 0.1],  # GLI, predicted GLI
+        "c2": [0.2, 0.5, 0.3],  # MEN, predicted MEN
+        "c3": [0.1, 0.2, 0.7],  # MET, predicted MET
+        "c4": [0.15, 0.4, 0.45],  # GLI, predicted MET
+    }
+    pred_dir, gt_dir = _class_folders(tmp_path, probabilities, names)
+    prepared = tmp_path / "prepared"
+    truth = {"c1": "GLI", "c2": "MEN", "c3": "MET", "c4": "GLI"}
+    cases = [{"case_id": c, "image": f"i/{c}.nii.gz", "label": f"l/{c}.nii.gz", "fold": 0} for c in truth]
+    write_dataset_json(prepared, {"training": [{**c, "tumour_type": truth[c["case_id"]]} for c in cases]})
+    with pytest.raises(InputError, match="prepared/dataset.json: no case holds 'grade'; expected --class-field"):
+        evaluate_folders(pred_dir, gt_dir, task="labels", classes=prepared)  # grade: the default field
+    result = evaluate_folders(
+        pred_dir, gt_dir, task="labels", classes=prepared / "dataset.json", class_field="tumour_type"
+    )
+    scores = result.summary["classification"]
+    # One vs rest: GLI (0.6, 0.15 against 0.2, 0.1): 3 of 4 pairs; MEN and MET ordered perfectly.
+    assert scores["auc"] == pytest.approx((0.75 + 1.0 + 1.0) / 3)
+    assert scores["accuracy"] == pytest.approx(0.75)
+    assert scores["balanced_accuracy"] == pytest.approx((0.5 + 1.0 + 1.0) / 3)
+    assert scores["confusion"] == [[1, 0, 1], [0, 1, 0], [0, 0, 1]]
+    assert scores["truth"] == str(prepared / "dataset.json") and result.exit_code == 0
+
+
+def test_case_class_errors_name_the_file(tmp_path: Path) -> None:
+    pred_dir, gt_dir = _class_folders(tmp_path, {"a": [0.3, 0.7], "b": [0.8, 0.2]}, ["no", "yes"])
+    truth = tmp_path / "truth.csv"
+    truth.write_text("case_id,aneurysm,side\na,yes,left\nb,maybe,right\n")
+    with pytest.raises(InputError, match=r"truth.csv: has 2 columns besides case_id \(aneurysm, side\); expected one"):
+        evaluate_folders(pred_dir, gt_dir, task="labels", classes=truth)
+    with pytest.raises(InputError, match=r"truth.csv: case b: aneurysm is 'maybe'; expected one of \['no', 'yes'\]"):
+        evaluate_folders(pred_dir, gt_dir, task="labels", classes=truth, class_field="aneurysm")
+    with pytest.raises(InputError, match="truth.csv: has no column 'grade'"):
+        evaluate_folders(pred_dir, gt_dir, task="labels", classes=truth, class_field="grade")
+    truth.write_text("case_id,aneurysm\nx,yes\n")
+    with pytest.raises(InputError, match="truth.csv: no case of .*summary.csv has a known aneurysm here"):
+        evaluate_folders(pred_dir, gt_dir, task="labels", classes=truth)
+    with pytest.raises(InputError, match="gone.csv: not found; expected a CSV case_id,<field> or a dataset.json"):
+        evaluate_folders(pred_dir, gt_dir, task="labels", classes=tmp_path / "gone.csv")
+    # Predictions without classes: the PRED folder named, and how to get them.
+    (pred_dir / "summary.csv").write_text("case_id,input,status,error,seconds\na,x,ok,,1\n")
+    with pytest.raises(InputError, match=r"pred: summary.csv has no case classes .*medseg3d infer --bundle"):
+        evaluate_folders(pred_dir, gt_dir, task="labels", classes=truth)
+    (pred_dir / "summary.csv").unlink()
+    with pytest.raises(InputError, match=r"pred: holds no summary.csv; .*--classify <field>"):
+        evaluate_folders(pred_dir, gt_dir, task="labels", classes=truth)
+    assert not (pred_dir / "evaluation" / "report.csv").exists()  # nothing scored, nothing written

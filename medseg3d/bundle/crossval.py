@@ -5,6 +5,10 @@ Layout of a cross-validation run (``OUT``, default ``runs/<bundle>/<timestamp>-c
     OUT/fold_<k>/             a full run directory per fold (config.json, metrics.csv, checkpoints/, ...)
     OUT/cv_summary.csv        one row per fold (best epoch and its validation metrics), then mean and std
     OUT/cv_summary.json       the same as numbers
+
+A multitask run (``--classify``, docs/multitask.md) adds the case classification's ``val_class_*`` columns (AUC,
+balanced accuracy, accuracy, confusion counts) to each fold's ``metrics.csv``; the summary then carries them too,
+taken at the same best epoch as the Dice, so a fold's AUC is the one of the weights its ``best.pt`` holds.
 """
 
 from __future__ import annotations
@@ -52,9 +56,13 @@ def parse_folds(text: str, available: Sequence[int]) -> list[int]:
 
 def best_row(metrics_csv: str | os.PathLike, key: str = "val_mean_dice") -> dict[str, Any] | None:
     """The ``metrics.csv`` row with the highest ``key`` (the epoch ``best.pt`` holds), as numbers; None if no
-    epoch was validated."""
+    epoch was validated.
+
+    As ``Checkpoints`` picks ``best.pt``: the first epoch of the highest finite value (an epoch whose Dice is
+    ``nan`` never wins), so every metric of the row (Dice, ``val_class_auc``, ...) is the one of those weights.
+    """
     with open(metrics_csv, newline="") as f:
-        rows = [row for row in csv.DictReader(f) if row.get(key)]
+        rows = [row for row in csv.DictReader(f) if row.get(key) and math.isfinite(float(row[key]))]
     if not rows:
         return None
     row = max(rows, key=lambda r: float(r[key]))
@@ -63,6 +71,11 @@ def best_row(metrics_csv: str | os.PathLike, key: str = "val_mean_dice") -> dict
 
 def write_cv_summary(fold_dirs: Mapping[int, str | os.PathLike], out: str | os.PathLike) -> dict[str, Any]:
     """Write ``cv_summary.csv`` and ``cv_summary.json`` in ``out`` from each fold's best validation row.
+
+    The metrics are every ``val_`` column any fold's best row holds, in the order the folds first show them: the
+    Dice scores and, for a multitask run, ``val_class_auc``, ``val_class_balanced_accuracy`` and the rest of the
+    case classification. A fold whose AUC is undefined (its validation cases hold one class only: ``nan``) or
+    that lacks a column is left out of that metric's mean and std, and its cell is ``nan`` or empty.
 
     Returns:
         ``{"folds": {fold: row}, "mean": {metric: value}, "std": {metric: value}}`` over the folds where the metric
@@ -75,8 +88,8 @@ def write_cv_summary(fold_dirs: Mapping[int, str | os.PathLike], out: str | os.P
         if row is None:
             raise InputError(metrics, f"fold {fold} has no validated epoch to summarise")
         rows[fold] = row
-    names = [name for name in next(iter(rows.values())) if name.startswith("val_")]
-    stats = {name: summary_statistics([row[name] for row in rows.values()], ddof=1) for name in names}
+    names = list(dict.fromkeys(name for row in rows.values() for name in row if name.startswith("val_")))
+    stats = {name: summary_statistics([row.get(name) for row in rows.values()], ddof=1) for name in names}
     mean = {name: math.nan if s["mean"] is None else s["mean"] for name, s in stats.items()}
     std = {name: s["std"] if s["std"] is not None else 0.0 if s["n"] else math.nan for name, s in stats.items()}
     summary = {"folds": {str(fold): row for fold, row in rows.items()}, "mean": mean, "std": std}
@@ -84,7 +97,7 @@ def write_cv_summary(fold_dirs: Mapping[int, str | os.PathLike], out: str | os.P
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["fold", "best_epoch", *names])
     for fold, row in rows.items():
-        writer.writerow([fold, row["epoch"], *(f"{row[name]:.6g}" for name in names)])
+        writer.writerow([fold, row["epoch"], *(f"{row[name]:.6g}" if name in row else "" for name in names)])
     writer.writerow(["mean", "", *(f"{mean[name]:.6g}" for name in names)])
     writer.writerow(["std", "", *(f"{std[name]:.6g}" for name in names)])
     write_text(buffer.getvalue(), Path(out) / "cv_summary.csv")
@@ -140,6 +153,7 @@ def train_folds(
     summary = write_cv_summary(fold_dirs, out)
     mean, std = summary["mean"], summary["std"]
     print(f"cross-validation over folds {folds}: {out / 'cv_summary.csv'}")
+    width = max(16, *map(len, mean))  # val_class_balanced_accuracy is longer than the Dice names
     for name in mean:
-        print(f"  {name:<16} {mean[name]:.4f} +- {std[name]:.4f}")
+        print(f"  {name:<{width}} {mean[name]:.4f} +- {std[name]:.4f}")
     return summary

@@ -15,10 +15,15 @@ Layouts (``docs/data.md``, "Image/label pairs"):
    ``<id>_seg.<ext>`` (``-ct``/``-seg`` too, any case); a bare ``ct.<ext>``/``seg.<ext>`` takes its folder's name.
 
 ``<ext>`` is ``.nii.gz``, ``.nii``, ``.nrrd``, ``.nhdr``, ``.mha`` or ``.mhd``.
+
+Per-case classes (``--classes CSV``, :func:`read_class_csv`): a CSV ``case_id,<field>[,<field2>...]`` whose columns
+become per-case columns of every training entry (a string, or null where the case has no row or an empty cell), so
+that a bundle can learn one with ``--classify <field>`` (``docs/multitask.md``).
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import re
@@ -45,6 +50,9 @@ GENERATOR = "medseg3d datalist"  # dataset.json's "generator"
 _SUFFIX = re.compile(r"^(?:(?P<id>.+?)[_-])?(?P<role>ct|seg)$", re.IGNORECASE)
 _CHANNEL = re.compile(r"^(?P<id>.+)_(?P<channel>\d{4})$")
 _EXTENSIONS_TEXT = "/".join(IMAGE_EXTENSIONS)
+CASE_ID_COLUMN = "case_id"
+# Keys of a training entry that a --classes column must not replace (the schema's required keys).
+RESERVED_COLUMNS = ("case_id", "image", "label", "fold")
 
 
 @dataclass(frozen=True)
@@ -74,7 +82,9 @@ class DatalistResult:
         rejected: the pairs left out (also in the file's ``rejected`` list, with paths relative to its folder).
         labels: label value (as a string) -> name, background ``"0"`` first.
         folds: the number of folds.
-        warnings: things that do not stop the listing but may surprise training (non-consecutive label values).
+        warnings: things that do not stop the listing but may surprise training (non-consecutive label values,
+            ``classes`` rows that match no listed case, listed cases without a row).
+        class_fields: the per-case columns taken from the ``classes`` CSV, in its column order (empty without one).
     """
 
     path: Path
@@ -83,14 +93,20 @@ class DatalistResult:
     labels: dict[str, str]
     folds: int
     warnings: list[str] = field(default_factory=list)
+    class_fields: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        """One line: cases, folds, label values, rejected count."""
+        """One line: cases, folds, label values, rejected count (and the class columns with how many cases know
+        each)."""
         values = ", ".join(self.labels)
-        return (
+        line = (
             f"{self.path}: {len(self.entries)} cases in {self.folds} folds, label values {values}, "
             f"{len(self.rejected)} rejected"
         )
+        for name in self.class_fields:
+            known = sum(entry.get(name) is not None for entry in self.entries)
+            line += f"; class column {name}: {known} of {len(self.entries)} cases known"
+        return line
 
 
 class DatalistError(InputError):
@@ -287,6 +303,119 @@ def _check_pair(pair: Pair) -> tuple[list[int], str | None]:
     return label_values(label.array, pair.label), image.modality or pair.modality
 
 
+# ------------------------------------------------------------------------------------------------------------ classes
+
+
+@dataclass
+class CaseTable:
+    """A per-case CSV (:func:`read_class_csv`).
+
+    Attributes:
+        path: the CSV file.
+        columns: the columns besides ``case_id``, in file order.
+        rows: case ID (as written) -> column -> value (whitespace stripped; None for an empty cell).
+    """
+
+    path: Path
+    columns: list[str]
+    rows: dict[str, dict[str, str | None]]
+    _folded: dict[str, dict[str, str | None]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._folded = {case_id.casefold(): row for case_id, row in self.rows.items()}
+
+    def lookup(self, case_id: str) -> dict[str, str | None] | None:
+        """The row of ``case_id``, compared ignoring case (as case IDs are unique); None when it has none."""
+        return self._folded.get(case_id.casefold())
+
+
+def read_class_csv(path: str | os.PathLike, reserved: Sequence[str] = ()) -> CaseTable:
+    """Read a per-case CSV: a header row ``case_id,<column>[,<column>...]``, then one row per case.
+
+    Read as UTF-8 (a spreadsheet's byte-order mark is skipped); names and cells are stripped of surrounding
+    whitespace; blank lines are skipped. Used by ``medseg3d datalist --classes`` (the columns become per-case
+    columns of ``dataset.json``) and ``medseg3d evaluate --classes`` (the true class of each case).
+
+    Args:
+        path: the CSV file.
+        reserved: column names that are refused (``RESERVED_COLUMNS`` for a datalist: they would replace the
+            entry's own keys).
+
+    Raises:
+        InputError: naming ``path``: unreadable or not UTF-8 text, no header, no ``case_id`` column, no other
+            column, an empty, repeated or reserved column name, a row whose cell count differs from the header's,
+            an empty or repeated case ID (compared ignoring case).
+    """
+    path = Path(path)
+    expected = "expected a CSV with a header row case_id,<column>[,<column>...] and one row per case"
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            lines = list(csv.reader(handle))
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"is not UTF-8 text ({exc.reason} at byte {exc.start}); {expected}") from None
+    except csv.Error as exc:
+        raise InputError(path, f"cannot be parsed as CSV ({exc}); {expected}") from None
+    except OSError as exc:
+        raise InputError(path, f"cannot be read ({exc.strerror or exc}); {expected}") from None
+    numbered = [(number, [cell.strip() for cell in line]) for number, line in enumerate(lines, 1)]
+    numbered = [(number, cells) for number, cells in numbered if any(cells)]
+    if not numbered:
+        raise InputError(path, f"is empty; {expected}")
+    header_line, header = numbered[0]
+    if CASE_ID_COLUMN not in header:
+        raise InputError(path, f"line {header_line} has no {CASE_ID_COLUMN} column (columns: {', '.join(header)}); "
+                         f"{expected}")  # fmt: skip
+    if any(not name for name in header):
+        raise InputError(path, f"line {header_line}: column {header.index('') + 1} has no name; {expected}")
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise InputError(path, f"column {', '.join(repeated)} appears more than once; expected distinct names")
+    columns = [name for name in header if name != CASE_ID_COLUMN]
+    clash = [name for name in columns if name in reserved]
+    if clash:
+        raise InputError(path, f"column {', '.join(clash)} is a key every dataset.json case already has "
+                         f"({', '.join(reserved)}); expected other names for the per-case columns")  # fmt: skip
+    if not columns:
+        raise InputError(path, f"holds only the {CASE_ID_COLUMN} column; {expected}")
+    rows: dict[str, dict[str, str | None]] = {}
+    first_line: dict[str, tuple[int, str]] = {}
+    for number, cells in numbered[1:]:
+        if len(cells) != len(header):
+            raise InputError(path, f"line {number} has {len(cells)} cells; expected {len(header)}, one per column of "
+                             f"the header ({','.join(header)})")  # fmt: skip
+        row = dict(zip(header, cells, strict=True))
+        case_id = row.pop(CASE_ID_COLUMN)
+        if not case_id:
+            raise InputError(path, f"line {number} has an empty {CASE_ID_COLUMN}; expected the case ID in every row")
+        seen = first_line.setdefault(case_id.casefold(), (number, case_id))
+        if seen[0] != number:
+            raise InputError(path, f"line {number}: case {case_id} is also on line {seen[0]} ({seen[1]}); expected "
+                             "one row per case (case IDs compared ignoring case)")  # fmt: skip
+        rows[case_id] = {name: value or None for name, value in row.items()}
+    return CaseTable(path, columns, rows)
+
+
+def _add_classes(entries: list[dict[str, Any]], table: CaseTable) -> list[str]:
+    """Set ``table``'s columns on every entry (None where the case has no row or an empty cell); the warnings."""
+    listed = {entry["case_id"].casefold() for entry in entries}
+    for entry in entries:
+        row = table.lookup(entry["case_id"]) or {}
+        entry.update({name: row.get(name) for name in table.columns})
+    warnings = []
+    unmatched = sorted(case_id for case_id in table.rows if case_id.casefold() not in listed)
+    if unmatched:
+        warnings.append(
+            f"{table.path}: {len(unmatched)} case IDs match no listed case (left out): {', '.join(unmatched)}"
+        )
+    missing = [entry["case_id"] for entry in entries if table.lookup(entry["case_id"]) is None]
+    if missing:
+        warnings.append(
+            f"{table.path}: no row for {len(missing)} of {len(entries)} listed cases (their "
+            f"{', '.join(table.columns)} null): {', '.join(missing)}"
+        )
+    return warnings
+
+
 # ------------------------------------------------------------------------------------------------------------ writing
 
 
@@ -323,6 +452,7 @@ def build_datalist(
     folds: int = 5,
     seed: int = 0,
     label_names: Sequence[str] | None = None,
+    classes: str | os.PathLike | None = None,
 ) -> DatalistResult:
     """Find, check and list the image/label pairs under ``root`` into ``out/dataset.json`` (atomically).
 
@@ -332,6 +462,11 @@ def build_datalist(
         folds: cross-validation folds (>= 1); needs at least as many usable cases.
         seed: seed of the fold assignment.
         label_names: names of the non-zero label values found, in value order; default ``label_<value>``.
+        classes: a CSV ``case_id,<field>[,<field2>...]`` (:func:`read_class_csv`): each field becomes a per-case
+            column of every entry (the case's value as a string; null where the case has no row or an empty cell),
+            and the folds are balanced over the first field's values, as ``prep_brats`` balances them over the
+            grade. Case IDs are matched ignoring case; rows that match no listed case, and listed cases without
+            a row, are reported in ``warnings``.
 
     Returns:
         What was written; ``rejected`` lists the pairs left out (the file is written when any pair is usable).
@@ -340,7 +475,8 @@ def build_datalist(
         DatalistError: no usable pair, fewer cases than folds, or ``label_names`` not one per non-zero value
             (``rejected`` carries the rejections so far; nothing is written).
         InputError: ``root`` is not a folder, ``out`` cannot be created or written, or holds a dataset.json this
-            command did not write.
+            command did not write; ``classes`` is unreadable, lacks a ``case_id`` column or names a column
+            ``RESERVED_COLUMNS`` holds (nothing is written).
         ValueError: ``folds`` < 1.
 
     Example:
@@ -361,6 +497,8 @@ def build_datalist(
     root = Path(root)
     out = Path(out) if out is not None else root
     path = dataset_json_path(out)
+    # Before any pair is read: a bad CSV fails at once.
+    table = read_class_csv(classes, reserved=RESERVED_COLUMNS) if classes is not None else None
     pairs, rejected = find_pairs(root)
     check_output_folder(out)
     _check_overwrite(out)
@@ -401,7 +539,9 @@ def build_datalist(
         {"image": relative_path(pair.image, out), "label": relative_path(pair.label, out), "case_id": pair.case_id}
         for pair, _ in listed
     ]
-    entries = assign_entry_folds(entries, folds, seed, stratify_by=None)
+    if table is not None:
+        warnings += _add_classes(entries, table)
+    entries = assign_entry_folds(entries, folds, seed, stratify_by=table.columns[0] if table else None)
     modalities = {modality for _, modality in listed}
     modality = modalities.pop() if len(modalities) == 1 and None not in modalities else "image"
     content = {
@@ -417,4 +557,4 @@ def build_datalist(
         "rejected": [{"path": relative_path(r.path, out), "reason": r.reason} for r in rejected],
     }
     write_dataset_json(out, content)
-    return DatalistResult(path, entries, rejected, labels, folds, warnings)
+    return DatalistResult(path, entries, rejected, labels, folds, warnings, table.columns if table else [])

@@ -69,6 +69,7 @@ SCANNERS: dict[str, Scanner] = {
 }
 _ED_AMP, _TC_AMP, _NCR_AMP = 0.3, 0.2, 0.25
 _MIN_NCR, _MIN_RIM, _MIN_ED = 1.5, 1.3, 1.3  # voxels, so that tiny shapes keep every sub-region
+_LGG_MAX_ET = 0.3  # largest enhancing share of an LGG's shell around its non-enhancing core
 
 
 @dataclass(frozen=True)
@@ -270,15 +271,24 @@ def _tumour(
     core = radius < r_ncr * (1 + _NCR_AMP * _field(rng, (6, 6, 6), t_shape))
     # Edema follows white matter tracts and always wraps the core by at least a voxel.
     ed = (radius < r_ed * (1 + d_ed) * (0.75 + 0.25 * wm[t_box])) | (radius < r_tc * (1 + _TC_AMP) + _MIN_ED)
+    inside = brain[t_box]
     if grade == "HGG":
         et = tc & ~core
         names = ("NCR", "ED", "ET")
     else:
-        # LGG: mostly non-enhancing core; patchy enhancement in some cases only.
-        patches = _field(rng, (4, 4, 4), t_shape) > rng.uniform(0.2, 0.5)
-        et = tc & ~core & patches if rng.uniform() < 0.4 else np.zeros(t_shape, bool)
+        # LGG: mostly non-enhancing core; patchy enhancement in some cases only, on at most _LGG_MAX_ET of the
+        # shell around the core (the field's highest voxels there): a smooth field over a small tumour can pass
+        # its threshold almost everywhere, and an LGG whose core enhances all round looks like an HGG's rim,
+        # which real LGG do not. The cap draws nothing, so LGG cases under it are what they always were.
+        patches = _field(rng, (4, 4, 4), t_shape)
+        threshold = rng.uniform(0.2, 0.5)
+        et = tc & ~core & inside & (patches > threshold) if rng.uniform() < 0.4 else np.zeros(t_shape, bool)
+        limit = int(_LGG_MAX_ET * np.count_nonzero(tc & ~core & inside))
+        if np.count_nonzero(et) > limit:
+            highest = np.argsort(np.where(et, patches, -np.inf), axis=None, kind="stable")[::-1][:limit]
+            et = np.zeros(t_shape, bool)
+            et.flat[highest] = True
         names = ("NET", "ED", "ET")
-    inside = brain[t_box]
     seg = np.zeros(t_shape, np.uint8)
     seg[(ed | tc) & inside] = 2
     seg[tc & inside] = 1

@@ -76,7 +76,7 @@ class TrainHandlers:
         max_minutes: a wall-clock budget for the run (``TimeBudget``), or None.
         run_start: the ``time.monotonic()`` reading the budget counts from (the bundles: when their workflow
             initializes); None: when the trainer starts.
-        loss: the training loss; a ``MultitaskLoss`` gets its ``MultitaskSchedule`` (λ follows the epochs).
+        loss: the training loss; a ``MultitaskLoss`` gets its ``MultitaskSchedule`` (lambda follows the epochs).
     """
 
     def __init__(

@@ -5,11 +5,12 @@ The network's output is (B, C + K, ...): C segmentation logits, then K class log
 and the class logits with cross-entropy against the patch's class, then weighs the two:
 
 - ``fixed``: ``L_seg + cls_weight * L_cls``;
-- ``dynamic`` (the lab's notes): ``L = λ·L_seg + σ·(1 − λ)·L_cls`` with ``λ = 1 − epoch / max_epochs`` (``epoch``
-  counted from 0 at the first epoch, so the first epoch learns segmentation alone and classification takes
-  over as the run ends; ``max_epochs`` is the trainer's, so a ``--max_minutes`` plan moves it); ``σ``
-  (``sigma``) keeps the classification loss, measured much larger than the segmentation loss, from dominating;
-- ``uncertainty`` (Kendall, Gal and Cipolla 2018): ``L = Σ_i exp(−s_i)·L_i + s_i / 2`` with ``s_i = log σ_i²``
+- ``dynamic`` (the lab's notes): ``L = lambda*L_seg + sigma*(1 - lambda)*L_cls`` with
+  ``lambda = 1 - epoch / max_epochs`` (``epoch`` counted from 0 at the first epoch, so the first epoch learns
+  segmentation alone and classification takes over as the run ends; ``max_epochs`` is the trainer's, so a
+  ``--max_minutes`` plan moves it); ``sigma`` keeps the classification loss, measured much larger than the
+  segmentation loss, from dominating;
+- ``uncertainty`` (Kendall, Gal and Cipolla 2018): ``L = sum_i exp(-s_i)*L_i + s_i / 2`` with ``s_i = log sigma_i^2``
   learnt with the network (``ClassificationHead.log_vars``, so the optimizer, DDP and checkpoints hold them).
 
 A patch carries its case's class only when it holds tumour (any foreground voxel in its label): a patch of
@@ -35,7 +36,7 @@ TUMOUR_FREE = ("ignore", "count")
 
 
 def dynamic_lambda(epoch: int, max_epochs: int) -> float:
-    """``λ = 1 − epoch / max_epochs`` for the ``epoch``-th epoch counted from 0: 1 in the first epoch.
+    """``lambda = 1 - epoch / max_epochs`` for the ``epoch``-th epoch counted from 0: 1 in the first epoch.
 
     >>> [round(dynamic_lambda(e, 4), 2) for e in range(4)]
     [1.0, 0.75, 0.5, 0.25]
@@ -58,7 +59,7 @@ class MultitaskLoss(nn.Module):
         seg_channels: C, the segmentation channels.
         weighting: ``fixed``, ``dynamic`` or ``uncertainty``.
         cls_weight: the weight of L_cls (``fixed``).
-        sigma: σ of ``dynamic``.
+        sigma: sigma of ``dynamic``.
         class_weights: a weight per class in the cross-entropy, or None.
         tumour_free: ``ignore`` (a patch without tumour has no class) or ``count``.
         network: the network (its ``classifier.log_vars``, DDP-wrapped or not), needed by ``uncertainty``.
@@ -154,8 +155,8 @@ def training_loss(
 
 
 class MultitaskSchedule:
-    """Sets ``MultitaskLoss.progress`` to ``(epoch − 1) / max_epochs`` as each epoch starts (ignite's
-    ``epoch`` counts from 1; ``max_epochs`` the trainer's, as a time budget leaves it), so ``λ`` follows the run
+    """Sets ``MultitaskLoss.progress`` to ``(epoch - 1) / max_epochs`` as each epoch starts (ignite's
+    ``epoch`` counts from 1; ``max_epochs`` the trainer's, as a time budget leaves it), so ``lambda`` follows the run
     and a resumed run continues the schedule where it stopped."""
 
     def __init__(self, loss: MultitaskLoss) -> None:

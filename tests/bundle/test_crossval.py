@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def test_parse_folds_errors(text: str, message: str) -> None:
 def _metrics(run_dir: Path, rows: list[dict[str, str]]) -> Path:
     run_dir.mkdir(parents=True)
     with open(run_dir / "metrics.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["epoch", "train_loss", "val_mean_dice", "val_dice_WT"])
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in rows for k in row)), restval="")
         writer.writeheader()
         writer.writerows(rows)
     return run_dir
@@ -79,6 +80,83 @@ def test_summary_refuses_a_fold_never_validated(tmp_path: Path) -> None:
     a = _metrics(tmp_path / "fold_0", [{"epoch": "1", "train_loss": "1.0", "val_mean_dice": "", "val_dice_WT": ""}])
     with pytest.raises(InputError, match="fold 0 has no validated epoch"):
         write_cv_summary({0: a}, tmp_path)
+
+
+def test_best_row_skips_an_epoch_whose_dice_is_nan(tmp_path: Path) -> None:
+    """``Checkpoints`` never saves ``best.pt`` for a non-finite Dice, so the summary never takes that epoch."""
+    a = _metrics(
+        tmp_path / "fold_0",
+        [
+            {"epoch": "1", "val_mean_dice": "nan", "val_dice_WT": "nan"},
+            {"epoch": "2", "val_mean_dice": "0.4", "val_dice_WT": "0.5"},
+            {"epoch": "3", "val_mean_dice": "0.4", "val_dice_WT": "0.6"},  # a tie: best.pt stays at epoch 2
+        ],
+    )
+    assert best_row(a / "metrics.csv") == {"epoch": 2, "val_mean_dice": 0.4, "val_dice_WT": 0.5}
+
+
+def _multitask_row(epoch: int, dice: float, auc: str, balanced: float, confusion: tuple[int, int, int, int]):
+    """One epoch of a multitask run's ``metrics.csv``: Dice and the case classification's columns."""
+    counts = dict(zip(("LGG_LGG", "LGG_HGG", "HGG_LGG", "HGG_HGG"), confusion, strict=True))
+    return {
+        "epoch": str(epoch),
+        "train_loss": "0.5",
+        "val_mean_dice": str(dice),
+        "val_class_accuracy": str(balanced),
+        "val_class_balanced_accuracy": str(balanced),
+        "val_class_auc": auc,
+        **{f"val_class_confusion_{k}": str(v) for k, v in counts.items()},
+    }
+
+
+def test_summary_reports_the_class_auc_of_each_folds_best_epoch(tmp_path: Path) -> None:
+    """A multitask cross-validation: each fold's AUC and balanced accuracy at the epoch ``best.pt`` holds (the
+    highest Dice, not the highest AUC), their mean and std over the folds; a fold that validated one class only
+    (AUC ``nan``) shows ``nan`` and stays out of the AUC's mean."""
+    folds = {
+        0: _metrics(
+            tmp_path / "fold_0",
+            [
+                _multitask_row(1, 0.5, "0.95", 0.9, (1, 0, 0, 2)),  # the best AUC, not the best Dice
+                _multitask_row(2, 0.8, "0.75", 0.5, (1, 0, 1, 1)),
+            ],
+        ),
+        1: _metrics(tmp_path / "fold_1", [_multitask_row(1, 0.7, "0.5", 0.75, (0, 1, 0, 2))]),
+        2: _metrics(tmp_path / "fold_2", [_multitask_row(1, 0.6, "nan", 1.0, (0, 0, 0, 3))]),  # HGG only
+    }
+    summary = write_cv_summary(folds, tmp_path)
+
+    assert [summary["folds"][f]["val_class_auc"] for f in ("0", "1")] == [0.75, 0.5]
+    assert math.isnan(summary["folds"]["2"]["val_class_auc"])
+    assert summary["mean"]["val_class_auc"] == pytest.approx(0.625)
+    assert summary["std"]["val_class_auc"] == pytest.approx(statistics.stdev([0.75, 0.5]))
+    assert summary["mean"]["val_class_balanced_accuracy"] == pytest.approx(statistics.fmean([0.5, 0.75, 1.0]))
+    assert summary["std"]["val_class_balanced_accuracy"] == pytest.approx(statistics.stdev([0.5, 0.75, 1.0]))
+    assert summary["mean"]["val_mean_dice"] == pytest.approx(0.7)
+    with open(tmp_path / "cv_summary.csv", newline="") as f:
+        rows = {row["fold"]: row for row in csv.DictReader(f)}
+    assert [rows[k]["best_epoch"] for k in ("0", "1", "2")] == ["2", "1", "1"]
+    assert [rows[k]["val_class_auc"] for k in ("0", "1", "2", "mean")] == ["0.75", "0.5", "nan", "0.625"]
+    assert float(rows["std"]["val_class_auc"]) == pytest.approx(statistics.stdev([0.75, 0.5]), abs=1e-5)
+    assert rows["0"]["val_class_balanced_accuracy"] == "0.5" and rows["0"]["val_class_confusion_HGG_LGG"] == "1"
+    saved = json.loads((tmp_path / "cv_summary.json").read_text())
+    assert saved["mean"]["val_class_auc"] == pytest.approx(0.625) and saved["folds"]["0"]["epoch"] == 2
+
+
+def test_summary_of_folds_with_and_without_class_columns(tmp_path: Path) -> None:
+    """A fold without the classification columns (trained without ``--classify``) leaves its cells empty and
+    the other folds' values make the mean, instead of failing on the missing key."""
+    folds = {
+        0: _metrics(tmp_path / "fold_0", [{"epoch": "1", "val_mean_dice": "0.6", "val_dice_WT": "0.7"}]),
+        1: _metrics(tmp_path / "fold_1", [{**_multitask_row(1, 0.8, "0.9", 1.0, (1, 0, 0, 1)), "val_dice_WT": "0.9"}]),
+    }
+    summary = write_cv_summary(folds, tmp_path)
+    assert summary["mean"]["val_class_auc"] == pytest.approx(0.9) and summary["std"]["val_class_auc"] == 0.0
+    assert summary["mean"]["val_dice_WT"] == pytest.approx(0.8)
+    with open(tmp_path / "cv_summary.csv", newline="") as f:
+        rows = {row["fold"]: row for row in csv.DictReader(f)}
+    assert rows["0"]["val_class_auc"] == "" and rows["1"]["val_class_auc"] == "0.9"
+    assert list(rows["0"])[:4] == ["fold", "best_epoch", "val_mean_dice", "val_dice_WT"]  # the first fold's order
 
 
 def test_train_all_folds_from_the_command_line(tiny_prepared: Path, tmp_path: Path) -> None:

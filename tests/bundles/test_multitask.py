@@ -51,7 +51,7 @@ def test_a_multitask_run_validates_segmentation_and_the_case_class(tiny_bundle, 
 
 def test_classification_is_added_to_a_trained_segmentation_model(tiny_bundle, tmp_path: Path) -> None:
     """``--init_weights`` with a segmentation-only checkpoint: the multitask run starts from its weights, the
-    head fresh; the first epoch (λ = 1) trains segmentation alone."""
+    head fresh; the first epoch (lambda = 1) trains segmentation alone."""
     bundle, dataset, tiny = tiny_bundle("brats_mri_resunet_3d+grade")
     torch.manual_seed(5)
     trained = res_unet(4, 3, channels=(4, 8, 16), strides=(2, 2))

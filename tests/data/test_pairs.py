@@ -18,8 +18,9 @@ import SimpleITK as sitk
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
 from medseg3d.cli import main
+from medseg3d.core.constants import CLASS_KEY
 from medseg3d.core.errors import InputError
-from medseg3d.data.dataset_json import SCHEMA_VERSION, fold_datalists, read_dataset_json
+from medseg3d.data.dataset_json import SCHEMA_VERSION, class_names_for, fold_datalists, read_dataset_json
 from medseg3d.data.pairs import DatalistError, build_datalist, find_pairs
 from medseg3d.data.synth_ct import write_ct_cases
 
@@ -306,3 +307,85 @@ def test_fold_datalists_refuses_a_label_folder(tmp_path: Path) -> None:
     (root / "dataset.json").write_text(json.dumps(content))
     with pytest.raises(InputError, match="listed as label of ct_000 .* but a folder; expected a label file"):
         fold_datalists(root, 0)
+
+
+# ------------------------------------------------------------------------------------------------- --classes CSV
+
+
+def test_classes_csv_becomes_case_columns(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Each CSV column is a per-case column (null where unknown), folds balance the first one, and training reads
+    it as the class a multitask bundle learns."""
+    root = _cases(tmp_path / "ds", cases=6)
+    table = tmp_path / "aneurysm.csv"
+    # ct_001 given in capitals (IDs compare ignoring case); ct_004's cell empty; ct_005 has no row; ct_999 no case.
+    table.write_text(
+        "\ufeffcase_id,aneurysm,side\n"
+        "ct_000,yes,left\n"
+        "CT_001,no,\n"
+        "ct_002, yes ,right\n"
+        "\n"
+        "ct_003,no,left\n"
+        "ct_004,,left\n"
+        "ct_999,yes,right\n",
+        encoding="utf-8",
+    )
+    assert main(["datalist", str(root), "--folds", "2", "--classes", str(table)]) == 0
+    content = _json(root)
+    columns = {e["case_id"]: (e["aneurysm"], e["side"]) for e in content["training"]}
+    assert columns == {
+        "ct_000": ("yes", "left"),
+        "ct_001": ("no", None),
+        "ct_002": ("yes", "right"),
+        "ct_003": ("no", "left"),
+        "ct_004": (None, "left"),
+        "ct_005": (None, None),
+    }
+    assert list(content["training"][0]) == ["image", "label", "case_id", "aneurysm", "side", "fold"]
+    # Stratified by the first column: each fold holds one yes, one no and one unknown case.
+    strata = Counter((e["aneurysm"], e["fold"]) for e in content["training"])
+    assert strata == {(value, fold): 1 for value in ("yes", "no", None) for fold in (0, 1)}
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].endswith(
+        "0 rejected; class column aneurysm: 4 of 6 cases known; class column side: 4 of 6 cases known"
+    )
+    assert f"warning: {table}: 1 case IDs match no listed case (left out): ct_999" in out
+    assert f"warning: {table}: no row for 1 of 6 listed cases (their aneurysm, side null): ct_005" in out
+    # What `medseg3d train --classify aneurysm` reads: class names sorted, unknown cases -1.
+    names = class_names_for(root, "aneurysm")
+    assert names == ["no", "yes"]
+    train, val = fold_datalists(root, 0, class_field="aneurysm", class_names=names)
+    expected = {"ct_000": 1, "ct_001": 0, "ct_002": 1, "ct_003": 0, "ct_004": -1, "ct_005": -1}
+    assert {e["case_id"]: e[CLASS_KEY] for e in train + val} == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("id,aneurysm\nct_000,yes\n", "line 1 has no case_id column (columns: id, aneurysm); expected a CSV"),
+        ("case_id,label\nct_000,yes\n", "column label is a key every dataset.json case already has"),
+        ("case_id,aneurysm,fold\nct_000,yes,1\n", "column fold is a key every dataset.json case already has"),
+        ("case_id\nct_000\n", "holds only the case_id column"),
+        ("", "is empty; expected a CSV with a header row case_id,<column>"),
+        ("case_id,aneurysm\nct_000,yes,left\n", "line 2 has 3 cells; expected 2, one per column"),
+        ("case_id,aneurysm\nct_000,yes\nCT_000,no\n", "line 3: case CT_000 is also on line 2 (ct_000)"),
+        ("case_id,aneurysm,aneurysm\nct_000,yes,no\n", "column aneurysm appears more than once"),
+        (b"case_id,aneurysm\nct_000,\xff\n", "is not UTF-8 text"),
+        (None, "cannot be read"),
+    ],
+)
+def test_bad_classes_csv_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture, text: str | bytes | None, problem: str
+) -> None:
+    root = _cases(tmp_path / "ds", cases=2)
+    table = tmp_path / "classes.csv"
+    if isinstance(text, bytes):
+        table.write_bytes(text)
+    elif text is not None:
+        table.write_text(text)
+    assert main(["datalist", str(root), "--folds", "2", "--classes", str(table)]) == 2
+    error = capsys.readouterr().err
+    assert f"error: {table}: " in error and problem in error
+    assert not (root / "dataset.json").exists()
+    with pytest.raises(InputError, match="expected") as info:
+        build_datalist(root, folds=2, classes=table)
+    assert info.value.path == str(table)

@@ -14,12 +14,14 @@ from scipy import ndimage
 
 from medseg3d.core.constants import EDITIONS, MODALITIES
 from medseg3d.data.synth_brats import (
+    GRADES,
     NAME_MAPPING_HEADER,
     TISSUES,
     make_brats_case,
     make_brats_phantom,
     write_brats_tree,
 )
+from medseg3d.metrics import roc_auc
 
 SHAPE = (48, 40, 32)  # small and non-cubic: catches swapped axes
 LEGACY = ("t1", "t1ce", "t2", "flair", "seg")
@@ -248,6 +250,112 @@ def test_sub_regions_nested_and_sized():
                 assert et.sum() < ncr.sum()
     assert 0 < lgg_without_et < 12
     assert len(centres) >= 10  # the tumour moves with the seed
+
+
+GRADE_SHAPE = (64, 56, 40)  # large enough that the tumour's size is drawn, not clamped to the minimum sizes
+GRADE_CASES = 16  # per grade: HGG seeds 0..15, LGG seeds 16..31, so that no two cases share an anatomy
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """The length of the intersection of the ranges of ``a`` and ``b`` over that of the narrower range."""
+    return float((min(a.max(), b.max()) - max(a.min(), b.min())) / min(np.ptp(a), np.ptp(b)))
+
+
+def _auc(hgg: np.ndarray, lgg: np.ndarray) -> float:
+    """How well one number tells the grades apart: the probability that an HGG case's exceeds an LGG case's
+    (0.5: not at all; 0 or 1: perfectly)."""
+    return roc_auc(np.concatenate([hgg, lgg]), np.r_[np.ones(len(hgg)), np.zeros(len(lgg))])
+
+
+@pytest.fixture(scope="module")
+def grade_numbers() -> dict[str, dict[str, np.ndarray]]:
+    """Per grade, per measure, one value per phantom of ``GRADE_SHAPE`` (``GRADE_CASES`` phantoms a grade)."""
+    numbers: dict[str, dict[str, list[float]]] = {grade: {} for grade in GRADES}
+    for index, grade in enumerate(GRADES):
+        for seed in range(index * GRADE_CASES, (index + 1) * GRADE_CASES):
+            phantom = make_brats_phantom(GRADE_SHAPE, seed=seed, grade=grade)
+            seg, brain = phantom.seg, phantom.tissue > 0
+            ncr, et, whole = seg == 1, seg == 4, seg > 0
+            core = ncr | et
+            wm = (seg == 0) & (phantom.tissue == TISSUES["WM"])
+            # Where the tumour sits: its centre's offset from the brain's, in brain half-extents (0: the centre).
+            half = np.array([np.ptp(axis) for axis in np.nonzero(brain)]) / 2
+            offset = (np.array(ndimage.center_of_mass(whole)) - ndimage.center_of_mass(brain)) / half
+            # ET around NCR: the mean distance of ET and NCR voxels from the core's centre, in voxels.
+            centre = np.array(ndimage.center_of_mass(core))
+            radius = {
+                name: np.linalg.norm(np.argwhere(m) - centre, axis=1).mean() if m.any() else np.nan
+                for name, m in (("ncr", ncr), ("et", et))
+            }
+
+            def contrast(modality: str, mask: np.ndarray, images: dict = phantom.images, wm: np.ndarray = wm) -> float:
+                """Mean of ``mask`` over the mean of the case's healthy white matter, in one sequence."""
+                return float(images[modality][mask].mean() / images[modality][wm].mean())
+
+            values = {
+                "brain": brain.sum(),
+                "whole": whole.sum(),
+                "distance": np.linalg.norm(offset),
+                "et_share": et.sum() / core.sum(),  # the enhancing share of the tumour core
+                "ncr_enclosed": not (ndimage.binary_dilation(ncr) & ~core).any(),  # face neighbours: NCR or ET
+                "et_around_ncr": et[ndimage.binary_dilation(ncr, np.ones((3, 3, 3))) & ~ncr].mean() if ncr.any() else 0,
+                "ncr_radius": radius["ncr"],
+                "et_radius": radius["et"],
+                **{f"{m}_core": contrast(m, core) for m in ("t1ce", "t2", "flair")},
+                **{f"{m}_whole": contrast(m, whole) for m in ("t2", "flair")},
+            }
+            for name, value in values.items():
+                numbers[grade].setdefault(name, []).append(float(value))
+    return {grade: {name: np.array(v) for name, v in by.items()} for grade, by in numbers.items()}
+
+
+def test_grades_differ_as_real_ones_do(grade_numbers):
+    """HGG: a necrotic core inside an enhancing rim. LGG: little or no enhancement, a tumour bright in T2 and
+    FLAIR. The enhancing share of the core alone tells the grades apart, as contrast enhancement does in the
+    clinic; so does the core's T1ce."""
+    hgg, lgg = grade_numbers["HGG"], grade_numbers["LGG"]
+    # HGG: every case's necrosis (NCR) is wrapped by enhancing tumour (ET), which lies further out.
+    assert (hgg["et_share"] > 0.5).all()
+    assert hgg["ncr_enclosed"].all()
+    assert (hgg["et_around_ncr"] > 0.95).all()  # of all 26 neighbours of necrosis outside it, nearly all ET
+    assert (hgg["et_radius"] > 1.3 * hgg["ncr_radius"]).all()
+    assert (hgg["t1ce_core"] > 1.5).all()  # the core enhances
+    # LGG: most cases without enhancement, the others with a small enhancing share.
+    assert (lgg["et_share"] == 0).sum() >= GRADE_CASES // 2
+    assert (lgg["et_share"] <= 0.3).all()
+    assert hgg["et_share"].min() > 2 * lgg["et_share"].max()
+    assert hgg["t1ce_core"].min() > lgg["t1ce_core"].max()
+    # LGG tumours are hyperintense in T2 and FLAIR, their non-enhancing core more than an HGG's core.
+    for modality in ("t2", "flair"):
+        assert (lgg[f"{modality}_core"] > 1.5).all() and (lgg[f"{modality}_whole"] > 1.5).all()
+        assert np.median(lgg[f"{modality}_core"]) > np.median(hgg[f"{modality}_core"])
+
+
+@pytest.mark.parametrize("measure", ["brain", "whole", "distance"])
+def test_grades_overlap_in_size_and_position(grade_numbers, measure):
+    """No shortcut: the brain's size, the whole tumour's size and how far the tumour sits from the brain's centre
+    are drawn alike for both grades, so none of them tells the grade: their ranges overlap and neither grade's
+    values rank above the other's (an AUC near 0.5)."""
+    hgg, lgg = grade_numbers["HGG"][measure], grade_numbers["LGG"][measure]
+    assert _overlap(hgg, lgg) > 0.6, (hgg, lgg)
+    assert 0.3 < _auc(hgg, lgg) < 0.7, (hgg, lgg)
+    assert abs(np.median(hgg) - np.median(lgg)) < 0.15 * np.median(np.r_[hgg, lgg])
+
+
+def test_grades_share_the_intensity_scale():
+    """No shortcut in the scanner's scale: healthy white and grey matter have the same intensities in both grades.
+    The white matter level is drawn per case and sequence over a wide range (about +-25%), so this compares many
+    small phantoms: the grades' means differ by a few percent at most and neither grade ranks above the other."""
+    means: dict[str, list[list[float]]] = {grade: [] for grade in GRADES}
+    for index, grade in enumerate(GRADES):
+        for seed in range(1000 + index * 100, 1000 + (index + 1) * 100):
+            phantom = make_brats_phantom((40, 36, 24), seed=seed, grade=grade)
+            healthy = [(phantom.seg == 0) & (phantom.tissue == TISSUES[t]) for t in ("WM", "GM")]
+            means[grade].append([float(phantom.images[m][mask].mean()) for mask in healthy for m in MODALITIES])
+    hgg, lgg = np.array(means["HGG"]), np.array(means["LGG"])  # (cases, tissue x modality)
+    assert (np.abs(hgg.mean(0) / lgg.mean(0) - 1) < 0.05).all(), hgg.mean(0) / lgg.mean(0)
+    assert all(0.35 < _auc(hgg[:, k], lgg[:, k]) < 0.65 for k in range(hgg.shape[1]))
+    assert all(_overlap(hgg[:, k], lgg[:, k]) > 0.8 for k in range(hgg.shape[1]))
 
 
 def test_full_size_case_is_fast():

@@ -1,4 +1,4 @@
-"""The multitask loss: its weightings, the λ schedule, which patches carry a class, the batches it gets."""
+"""The multitask loss: its weightings, the lambda schedule, which patches carry a class, the batches it gets."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def test_dynamic_weighting_and_which_patches_count(batch) -> None:
     classes = torch.tensor([0, 1, 0])  # patch 2 has no tumour: its class 0 must not count
     l_seg = seg_loss(pred[:, :3], label)
     l_cls = torch.nn.functional.cross_entropy(logits[:2], classes[:2])
-    assert torch.allclose(loss(pred, (label, classes)), l_seg)  # progress 0: λ = 1, segmentation alone
+    assert torch.allclose(loss(pred, (label, classes)), l_seg)  # progress 0: lambda = 1, segmentation alone
     loss.progress = 0.75
     expected = 0.25 * l_seg + 0.5 * 0.75 * l_cls
     assert torch.allclose(loss(pred, (label, classes)), expected)

@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from medseg3d.training.handlers import Curves, plot_curves
+from medseg3d.training.handlers.curves import curves_figure
 
 HEADER = "epoch,iteration,train_loss,lr,seconds,val_mean_dice,val_dice_WT,patch_mean_dice,validation_share\n"
 
@@ -48,6 +49,43 @@ def test_plot_draws_what_the_file_holds(
     image = Image.open(tmp_path / "curves.png")
     assert image.format == "PNG" and image.size == (880, 320)  # 11 x 4 inches at 80 dpi
     assert _colours(tmp_path / "curves.png") > 20, "lines and text, not a blank canvas"
+
+
+MULTITASK = (
+    "epoch,iteration,train_loss,lr,seconds,val_mean_dice,val_class_accuracy,val_class_balanced_accuracy,"
+    "val_class_auc,val_class_confusion_LGG_LGG,val_class_confusion_LGG_HGG,val_class_confusion_HGG_LGG,"
+    "val_class_confusion_HGG_HGG,patch_mean_dice\n"
+    "1,2,0.9,0.01,1.0,,,,,,,,,0.2\n"
+    "2,4,0.7,0.01,1.0,0.4,0.5,0.5,nan,0,0,1,1,0.3\n"  # the AUC undefined at this validation: no point
+    "3,6,0.6,0.01,1.0,0.5,0.75,0.75,0.8,1,0,1,2,0.4\n"
+    "4,8,0.5,0.01,1.0,0.6,1,1,0.95,1,0,0,3,0.5\n"
+)
+
+
+def test_plot_of_a_multitask_run_draws_the_case_classification(tmp_path: Path) -> None:
+    """A multitask run's AUC and balanced accuracy in a third panel, at the full validations that defined them;
+    the accuracy and the confusion counts (not on a 0-1 scale) are drawn nowhere, the Dice panel is unchanged."""
+    (tmp_path / "metrics.csv").write_text(MULTITASK)
+    fig = curves_figure(tmp_path / "metrics.csv")
+    assert len(fig.axes) == 3
+    _, val_ax, class_ax = fig.axes
+    drawn = {line.get_label(): list(zip(*line.get_data(), strict=True)) for line in class_ax.lines}
+    assert drawn == {
+        "val_class_auc": [(3, 0.8), (4, 0.95)],
+        "val_class_balanced_accuracy": [(2, 0.5), (3, 0.75), (4, 1.0)],
+    }
+    assert [text.get_text() for text in class_ax.get_legend().get_texts()] == list(drawn)
+    assert class_ax.get_title() == "case classification" and class_ax.get_ylim() == (-0.02, 1.02)
+    assert [line.get_label() for line in val_ax.lines] == ["val_mean_dice", "patch_mean_dice"]
+
+    assert plot_curves(tmp_path / "metrics.csv", tmp_path / "curves.png") == tmp_path / "curves.png"
+    assert Image.open(tmp_path / "curves.png").size == (1280, 320)  # 16 x 4 inches at 80 dpi: room for 3 panels
+
+
+def test_plot_without_class_columns_keeps_two_panels(tmp_path: Path) -> None:
+    (tmp_path / "metrics.csv").write_text(HEADER + "1,2,0.9,0.01,1.0,0.4,0.5,0.3,0.1\n")
+    fig = curves_figure(tmp_path / "metrics.csv")
+    assert [ax.get_title() for ax in fig.axes] == ["training", "validation"]
 
 
 def test_plot_of_a_header_only_file_draws_nothing(tmp_path: Path) -> None:
