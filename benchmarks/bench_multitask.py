@@ -114,6 +114,13 @@ def class_auc(pred: Path, truth: dict[str, int]) -> dict:
     }
 
 
+def model_overrides(overrides: list[str]) -> list[str]:
+    """The training overrides inference needs too: the network and the patch (``--KEY VALUE`` pairs)."""
+    keep = ("--network_def", "--roi_size", "--window_size", "--output_mode")
+    pairs = zip(overrides[::2], overrides[1::2], strict=False)
+    return [part for key, value in pairs if key.startswith(keep) for part in (key, value)]
+
+
 def infer(checkpoint: Path, raw: Path, out: Path, overrides: list[str]) -> Path:
     if not (out / "summary.csv").is_file():
         command = [*MEDSEG3D, "infer", "--bundle", str(BUNDLES["3d"]), "--checkpoint", str(checkpoint), str(raw)]
@@ -153,7 +160,7 @@ def main() -> int:
             print((run_dir.parent / f"{run_dir.name}_stderr.log").read_text()[-3000:], file=sys.stderr)
             return 1
         checkpoint = copies[args.budget]
-        infer_overrides = ["--classify", "grade"] if extra else []
+        infer_overrides = (["--classify", "grade"] if extra else []) + model_overrides(overrides)
         out = work / f"pred_{run_dir.name}"
         case = f"{args.cases} BraTS 2020 phantoms {shape_name}, held-out {args.held_out} of seed 1000"
         record = {"benchmark": "multitask", "model": name, "budget_s": args.budget, "case": case,
@@ -163,7 +170,7 @@ def main() -> int:
             record["classification"] = class_auc(out, truth)
         else:
             seg_checkpoint = checkpoint
-            train_pred = infer(checkpoint, raw, work / f"pred_train_{run_dir.name}", [])
+            train_pred = infer(checkpoint, raw, work / f"pred_train_{run_dir.name}", model_overrides(overrides))
             record["radiomics_baseline"] = radiomics_auc(raw, train_pred, held, out)
         record.update({"curve": curve, "run_dir": str(run_dir), "device": device_name(),
                        "date": time.strftime("%Y-%m-%d")})  # fmt: skip
