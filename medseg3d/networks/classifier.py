@@ -55,6 +55,8 @@ class ClassificationHead(nn.Module):
         hidden: width of the MLP's hidden layer.
         dropout: dropout before the last layer.
         stop_gradient: detach the features (no classification gradient into the segmentation network).
+        learn_loss_weights: the multitask loss weighs by uncertainty and learns ``log_vars``; otherwise they stay
+            fixed at 0 (no gradient: under DDP a parameter that requires one must get one every step).
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class ClassificationHead(nn.Module):
         hidden: int = 64,
         dropout: float = 0.2,
         stop_gradient: bool = False,
+        learn_loss_weights: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -86,9 +89,9 @@ class ClassificationHead(nn.Module):
             nn.Linear(pooled, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
         )
         # Kendall et al.'s log-variances (segmentation, classification), learnt with the network when the
-        # multitask loss weighs by uncertainty; unused (and zero) otherwise. Here so that the optimizer, DDP and
-        # the checkpoints hold them with the network's own parameters.
-        self.log_vars = nn.Parameter(torch.zeros(2))
+        # multitask loss weighs by uncertainty; fixed at zero otherwise. Here so that the optimizer, DDP and the
+        # checkpoints hold them with the network's own parameters (a checkpoint has them either way).
+        self.log_vars = nn.Parameter(torch.zeros(2), requires_grad=bool(learn_loss_weights))
         self._features: torch.Tensor | None = None
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -138,7 +141,8 @@ def attach_classifier(net: nn.Module, num_classes: int, **head: Any) -> nn.Modul
 
     The output becomes (B, C + num_classes, *spatial): the segmentation logits, then each class logit broadcast
     over the input's spatial size (not with deep supervision's stacked outputs). ``head``: the
-    ``ClassificationHead`` options (``pyramid``, ``hidden``, ``dropout``, ``stop_gradient``).
+    ``ClassificationHead`` options (``pyramid``, ``hidden``, ``dropout``, ``stop_gradient``,
+    ``learn_loss_weights``).
 
     Raises:
         ValueError: ``net`` has a classifier already; TypeError: not a UNet or DynUNet.

@@ -62,7 +62,8 @@ def res_unet(
         num_classes: 0 (default): segmentation only, exactly the network without a head. >= 2: a classification
             head on the deepest features (``medseg3d.networks.classifier``); the output gains ``num_classes``
             channels of class logits after the ``out_channels`` segmentation logits.
-        classifier: the head's options (``pyramid``, ``hidden``, ``dropout``, ``stop_gradient``).
+        classifier: the head's options (``pyramid``, ``hidden``, ``dropout``, ``stop_gradient``,
+            ``learn_loss_weights``).
 
     Raises:
         ValueError: inconsistent or out-of-range arguments, each named.

@@ -88,8 +88,10 @@ class MultitaskLoss(nn.Module):
         if seg_channels < 1 or cls_weight < 0 or sigma < 0:
             raise ValueError(f"need seg_channels >= 1, cls_weight >= 0, sigma >= 0; got {seg_channels}, "
                              f"{cls_weight}, {sigma}")  # fmt: skip
-        if weighting == "uncertainty" and not hasattr(getattr(network, "module", network), "classifier"):
-            raise ValueError("weighting 'uncertainty' needs the network with its classification head")
+        head = getattr(getattr(network, "module", network), "classifier", None)
+        if weighting == "uncertainty" and not (head is not None and head.log_vars.requires_grad):
+            raise ValueError("weighting 'uncertainty' needs the network with its classification head built with "
+                             "learn_loss_weights (the bundles set it from class_loss_weighting)")  # fmt: skip
         self.seg_loss, self.seg_channels = seg_loss, int(seg_channels)
         self.weighting, self.cls_weight, self.sigma, self.tumour_free = weighting, float(cls_weight), sigma, tumour_free
         weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)

@@ -66,7 +66,7 @@ def test_dynamic_weighting_and_which_patches_count(batch) -> None:
 
 def test_uncertainty_weighting_learns_its_log_variances(batch) -> None:
     pred, label, logits = batch
-    net = res_unet(4, 3, channels=(4, 8), strides=(2,), num_classes=2)
+    net = res_unet(4, 3, channels=(4, 8), strides=(2,), num_classes=2, classifier={"learn_loss_weights": True})
     with torch.no_grad():
         net.classifier.log_vars.copy_(torch.tensor([0.5, -1.0]))
     seg_loss = make_loss("dice_ce", "regions")
