@@ -136,6 +136,9 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=900.0, help="training seconds per model (900)")
     parser.add_argument("--weightings", nargs="+", default=["dynamic"], choices=["dynamic", "fixed", "uncertainty"])
     parser.add_argument("--work", type=Path, default=None, help="working folder (kept; data reused when there)")
+    parser.add_argument(
+        "--skip-segmentation", action="store_true", help="multitask models only (the baseline ran before)"
+    )
     args, overrides = parser.parse_known_args()
     overrides = [o for o in overrides if o != "--"]
 
@@ -149,7 +152,7 @@ def main() -> int:
     truth = grades(held)
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    runs = [("segmentation", [])] + [
+    runs = ([] if args.skip_segmentation else [("segmentation", [])]) + [
         (f"multitask_{w}", ["--classify", "grade", "--class_loss_weighting", w]) for w in args.weightings
     ]
     records, seg_checkpoint = [], None
@@ -177,7 +180,7 @@ def main() -> int:
         print(json.dumps(record), flush=True)
         records.append(record)
     append_results(records)
-    return 0 if seg_checkpoint is not None else 1
+    return 0 if seg_checkpoint is not None or args.skip_segmentation else 1
 
 
 if __name__ == "__main__":

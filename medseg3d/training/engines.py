@@ -26,6 +26,7 @@ from medseg3d.training.handlers import (
     Curves,
     EvalReport,
     GracefulStop,
+    GradientClipping,
     LoadWeights,
     MetricsCSV,
     RunRecord,
@@ -77,6 +78,8 @@ class TrainHandlers:
         run_start: the ``time.monotonic()`` reading the budget counts from (the bundles: when their workflow
             initializes); None: when the trainer starts.
         loss: the training loss; a ``MultitaskLoss`` gets its ``MultitaskSchedule`` (lambda follows the epochs).
+        grad_clip_norm: clip the gradients' global norm to this before each optimizer step
+            (``GradientClipping``); None: no clipping.
     """
 
     def __init__(
@@ -96,6 +99,7 @@ class TrainHandlers:
         max_minutes: float | None = None,
         run_start: float | None = None,
         loss: torch.nn.Module | None = None,
+        grad_clip_norm: float | None = None,
     ) -> None:
         rank = get_rank() if rank is None else rank
         self.schedule = ValidationSchedule(
@@ -153,6 +157,8 @@ class TrainHandlers:
         ]
         if isinstance(loss, MultitaskLoss):
             every.insert(2, MultitaskSchedule(loss))  # every rank: each computes its own loss
+        if grad_clip_norm is not None:
+            every.insert(2, GradientClipping(grad_clip_norm))  # every rank: DDP has averaged the gradients
         self.handlers = handlers_for_rank(every, rank=rank)
 
 

@@ -17,7 +17,7 @@ from monai.bundle import ConfigParser
 
 from medseg3d.core.checkpoint_format import load_checkpoint
 
-BUNDLES = ["brats_mri_resunet_3d", "brats_mri_slicestack_2p5d", "ct_aorta_resunet_3d"]
+BUNDLES = ["brats_mri_resunet_3d", "brats_mri_slicestack_2p5d", "ct_aorta_resunet_3d", "brats_mri_resunet_3d+grade"]
 CONFIGS = ["configs/common.yaml", "configs/train.yaml"]
 DDP_CONFIGS = [*CONFIGS, "configs/multi_gpu_train.yaml"]
 # 4 tiny cases in 2 folds: 2 training cases, one per rank and epoch; 2 validation cases, one per rank.

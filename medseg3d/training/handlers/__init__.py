@@ -6,6 +6,7 @@ from medseg3d.training.handlers.checkpoints import Checkpoints
 from medseg3d.training.handlers.curves import Curves, plot_curves
 from medseg3d.training.handlers.eval_report import EvalReport
 from medseg3d.training.handlers.graceful_stop import GracefulStop, exit_if_interrupted, ignore_stop_signals
+from medseg3d.training.handlers.gradient_clipping import GradientClipping
 from medseg3d.training.handlers.load_weights import LoadWeights
 from medseg3d.training.handlers.metrics_csv import MetricsCSV
 from medseg3d.training.handlers.run_record import RunRecord
@@ -17,6 +18,7 @@ __all__ = [
     "Curves",
     "EvalReport",
     "GracefulStop",
+    "GradientClipping",
     "LoadWeights",
     "MetricsCSV",
     "RunRecord",
