@@ -190,3 +190,19 @@ class MultitaskBatch:
 def prepare_batch(classify: str | None = None) -> Any:
     """The trainer's ``prepare_batch``: ``MultitaskBatch`` when the run classifies, else MONAI's default."""
     return MultitaskBatch() if classify else default_prepare_batch
+
+
+def parameter_groups(network: nn.Module, head_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: the segmentation network's, and a classification head's with its
+    learning rate scaled by ``head_lr_scale`` (``make_optimizer``'s ``lr_scale``). Without a head, one group.
+
+    SGD with momentum 0.99 moves a parameter by about lr / (1 - 0.99) = 100 lr per unit of gradient: the
+    convolutions' normalisation absorbs that, the head's MLP does not (a run with the head at the full rate
+    diverged: docs/multitask.md)."""
+    plain = getattr(network, "module", network)
+    head = getattr(plain, "classifier", None)
+    if head is None:
+        return [{"params": list(network.parameters())}]
+    head_ids = {id(p) for p in head.parameters()}
+    seg = [p for p in network.parameters() if id(p) not in head_ids]
+    return [{"params": seg}, {"params": list(head.parameters()), "lr_scale": float(head_lr_scale)}]

@@ -91,11 +91,17 @@ def make_loss(
 def make_optimizer(
     params: Iterable[torch.nn.Parameter], name: str = "adamw", lr: float = 1e-3, weight_decay: float = 1e-5
 ) -> torch.optim.Optimizer:
-    """AdamW, or SGD with Nesterov momentum 0.99 (nnU-Net's)."""
+    """AdamW, or SGD with Nesterov momentum 0.99 (nnU-Net's). ``params``: parameters, or parameter groups (dicts)
+    where an ``lr_scale`` entry sets the group's learning rate to ``lr * lr_scale`` (the schedule then scales every
+    group alike)."""
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr}")
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        params = [{k: v for k, v in g.items() if k != "lr_scale"} | ({"lr": lr * g["lr_scale"]} if "lr_scale" in g
+                  else {}) for g in params]  # fmt: skip
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     return torch.optim.SGD(params, lr=lr, momentum=0.99, nesterov=True, weight_decay=weight_decay)

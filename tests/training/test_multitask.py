@@ -14,6 +14,7 @@ from medseg3d.training.multitask import (
     MultitaskLoss,
     MultitaskSchedule,
     dynamic_lambda,
+    parameter_groups,
     prepare_batch,
     training_loss,
 )
@@ -108,3 +109,17 @@ def test_batches_carry_both_targets() -> None:
     assert len(MultitaskBatch()({"image": data["image"], "label": data["label"]})) == 2
     assert prepare_batch(None) is not prepare_batch("grade")
     assert isinstance(prepare_batch("grade"), MultitaskBatch)
+
+
+def test_the_head_gets_its_own_learning_rate() -> None:
+    from medseg3d.training.optim import make_optimizer
+
+    net = res_unet(4, 3, channels=(4, 8), strides=(2,), num_classes=2)
+    optimizer = make_optimizer(parameter_groups(net, 0.01), "sgd", lr=0.1)
+    seg, head = optimizer.param_groups
+    assert seg["lr"] == 0.1 and head["lr"] == pytest.approx(0.001)
+    assert {id(p) for p in head["params"]} == {id(p) for p in net.classifier.parameters()}
+    assert len(seg["params"]) + len(head["params"]) == len(list(net.parameters()))
+    plain = res_unet(4, 3, channels=(4, 8), strides=(2,))
+    (group,) = parameter_groups(plain, 0.01)  # no head: one group, every parameter at the base rate
+    assert len(group["params"]) == len(list(plain.parameters())) and "lr_scale" not in group
