@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from ignite.metrics import Metric
 from monai.data.utils import set_rnd
 from monai.handlers import MeanDice, from_engine
@@ -188,6 +189,7 @@ class CaseClassification(Metric):
     ``compute`` returns a dict, which ignite also spreads into the engine's metrics: ``<prefix>accuracy``,
     ``<prefix>balanced_accuracy``, ``<prefix>auc`` (NaN where not computable, e.g. one class only) and
     ``<prefix>confusion_<true>_<predicted>`` counts, all scalars, so ``metrics.csv`` has a column for each.
+    Under DDP the ranks' cases are gathered first, so every rank scores all of them.
 
     >>> metric = CaseClassification(["LGG", "HGG"])
     >>> metric.update(([torch.tensor([2.0, -1.0]), torch.tensor([0.0, 1.0])], [torch.tensor(0), torch.tensor(1)]))
@@ -211,8 +213,14 @@ class CaseClassification(Metric):
 
     def compute(self) -> dict[str, float]:
         k = len(self.names)
-        probabilities = np.stack(self._probabilities) if self._probabilities else np.zeros((0, k))
-        scores = classification_scores(probabilities, np.asarray(self._targets, dtype=int), self.names)
+        found = list(zip(self._probabilities, self._targets, strict=True))
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # under DDP each rank scored its share of the cases: every rank scores them all, as Dice does
+            parts: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, found)
+            found = [item for part in parts for item in part]
+        probabilities = np.stack([p for p, _ in found]) if found else np.zeros((0, k))
+        scores = classification_scores(probabilities, np.asarray([t for _, t in found], dtype=int), self.names)
         nan = float("nan")
         out = {f"{self.prefix}{key}": nan if scores[key] is None else float(scores[key])
                for key in ("accuracy", "balanced_accuracy", "auc")}  # fmt: skip
