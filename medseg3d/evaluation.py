@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from medseg3d.core.constants import IMAGE_EXTENSIONS, REGIONS
+from medseg3d.core.constants import IMAGE_EXTENSIONS, INFER_SUMMARY, PROBABILITY_PREFIX, REGIONS
 from medseg3d.core.errors import InputError, check_output_folder
 from medseg3d.core.io import write_json, write_text
 from medseg3d.data.brats import find_cases
@@ -63,8 +63,6 @@ COUNT_METRICS = frozenset({"lesion_tp", "lesion_fn", "lesion_fp", "gt_components
 # Statuses that make the command fail (exit code 1); a prediction without ground truth is only reported.
 FAILING_STATUSES = frozenset({"failed", "missing_pred"})
 # Case classes (``classes=``): what ``medseg3d infer`` writes beside its label maps, and report.csv's columns.
-INFER_SUMMARY_NAME = "summary.csv"
-PROBABILITY_PREFIX = "p_"
 CLASS_REPORT_COLUMNS: tuple[str, ...] = ("class_true", "class_pred")
 DEFAULT_CLASS_FIELD = "grade"  # of a dataset.json, where prep_brats writes the glioma grade
 
@@ -302,13 +300,13 @@ def read_class_predictions(pred: str | os.PathLike) -> ClassPredictions:
     """
     pred = Path(pred)
     folder = pred if pred.is_dir() else pred.parent
-    path = folder / INFER_SUMMARY_NAME
+    path = folder / INFER_SUMMARY
     hint = (
         "expected the summary.csv of a multitask model's predictions, with class and p_<name> columns: run "
         "`medseg3d infer --bundle BUNDLE --classify <field> ...` with a checkpoint trained with --classify"
     )
     if not path.is_file():
-        raise InputError(folder, f"holds no {INFER_SUMMARY_NAME}; {hint}")
+        raise InputError(folder, f"holds no {INFER_SUMMARY}; {hint}")
     try:
         with path.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
@@ -318,7 +316,7 @@ def read_class_predictions(pred: str | os.PathLike) -> ClassPredictions:
     columns = [name for name in header if name.startswith(PROBABILITY_PREFIX) and len(name) > len(PROBABILITY_PREFIX)]
     if CASE_ID_COLUMN not in header or not columns:
         found = ", ".join(header) or "none"
-        raise InputError(folder, f"{INFER_SUMMARY_NAME} has no case classes (columns: {found}); {hint}")
+        raise InputError(folder, f"{INFER_SUMMARY} has no case classes (columns: {found}); {hint}")
     names = [name[len(PROBABILITY_PREFIX) :] for name in columns]
     probabilities: dict[str, np.ndarray] = {}
     without: list[str] = []

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 IMAGE = "image"
 LABEL = "label"
 CASE_ID = "case_id"
+INFER_SUMMARY = "summary.csv"  # `medseg3d infer`'s table of cases, which `medseg3d evaluate --classes` reads
+PROBABILITY_PREFIX = "p_"  # its column of each class's probability (a multitask model): p_<name>
 CLASS_KEY = "class"  # a case's class index for the multitask network (-1: unknown)
 
 # Case classes the multitask network learns, per dataset.json field, in index order: the last is the positive

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from medseg3d.core.constants import EDITIONS
+from medseg3d.core.constants import EDITIONS, INFER_SUMMARY, PROBABILITY_PREFIX
 from medseg3d.core.errors import InputError
 from medseg3d.core.io import write_text
 from medseg3d.core.ranks import get_rank, is_distributed
@@ -41,7 +41,7 @@ from medseg3d.ops.diameter import label_diameters
 
 logger = logging.getLogger(__name__)
 
-SUMMARY = "summary.csv"
+SUMMARY = INFER_SUMMARY
 BASE_COLUMNS = ("case_id", "input", "status", "error", "seconds")
 
 
@@ -220,7 +220,7 @@ class BatchRunner:
         if not self._class_names() or not found:
             return {}
         row: dict[str, Any] = {"class": found["class"], "class_pooled_over": found["pooled_over"]}
-        row.update({f"p_{name}": round(float(p), 4) for name, p in found["probabilities"].items()})
+        row.update({f"{PROBABILITY_PREFIX}{name}": round(float(p), 4) for name, p in found["probabilities"].items()})
         return row
 
     # -- the batch ------------------------------------------------------------------------------------------
@@ -299,7 +299,7 @@ class BatchRunner:
             extra += [f"{name}_voxels", f"{name}_ml"]
         extra += [f"{name}_max_diameter_mm" for name in self.diameters]
         if self._class_names():
-            extra += ["class", *(f"p_{name}" for name in self._class_names()), "class_pooled_over"]
+            extra += ["class", *(f"{PROBABILITY_PREFIX}{name}" for name in self._class_names()), "class_pooled_over"]
         return [*BASE_COLUMNS, *extra]
 
     def _write_summary(self, rows: Sequence[Mapping[str, Any]], path: Path) -> None:

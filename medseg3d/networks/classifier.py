@@ -157,10 +157,3 @@ def attach_classifier(net: nn.Module, num_classes: int, **head: Any) -> nn.Modul
     block.register_forward_hook(_keep_features)
     net.register_forward_hook(_append_class_logits)
     return net
-
-
-def num_classes_of(net: nn.Module) -> int:
-    """Classes of ``net``'s head, 0 without one (the plain module under DDP is looked into)."""
-    net = getattr(net, "module", net)
-    head = getattr(net, HEAD_NAME, None)
-    return head.num_classes if isinstance(head, ClassificationHead) else 0

@@ -66,7 +66,8 @@ class MultitaskLoss(nn.Module):
 
     Attributes:
         progress: epochs done over ``max_epochs`` (``MultitaskSchedule`` sets it before each epoch).
-        last: the last call's parts, detached: ``seg``, ``cls``, ``lambda`` and ``classified`` (patches scored).
+        last: the last call's parts, detached tensors: ``seg``, ``cls``, ``classified`` (patches scored), and
+            ``lambda``.
     """
 
     def __init__(
@@ -98,14 +99,14 @@ class MultitaskLoss(nn.Module):
         self.cross_entropy = nn.CrossEntropyLoss(weight=weight)
         self._network = [network]  # a list: not a submodule (its weights are the network's, not the loss's)
         self.progress = 0.0
-        self.last: dict[str, float] = {}
+        self.last: dict[str, Any] = {}
 
     def forward(self, pred: torch.Tensor, target: Any) -> torch.Tensor:
         label, classes = (target[0], target[1]) if isinstance(target, (tuple, list)) else (target, None)
         c = self.seg_channels
         l_seg = self.seg_loss(pred[:, :c], label)
         if classes is None or pred.shape[1] == c:
-            self.last = {"seg": float(l_seg.detach()), "cls": float("nan"), "lambda": 1.0, "classified": 0}
+            self.last = {"seg": l_seg.detach(), "cls": float("nan"), "lambda": 1.0, "classified": 0}
             return l_seg
         # the class logits are constant over the patch: the first voxel's are the head's output
         logits = pred[(slice(None), slice(c, None)) + (0,) * (pred.ndim - 2)].float()
@@ -127,8 +128,8 @@ class MultitaskLoss(nn.Module):
         else:
             s = self._log_vars().to(l_seg.device)
             total = torch.exp(-s[0]) * l_seg + s[0] / 2 + torch.exp(-s[1]) * l_cls + s[1] / 2
-        self.last = {"seg": float(l_seg.detach()), "cls": float(l_cls.detach()), "lambda": lam,
-                     "classified": int(scored.sum())}  # fmt: skip
+        # tensors, not Python numbers: reading them would wait for the device every iteration
+        self.last = {"seg": l_seg.detach(), "cls": l_cls.detach(), "lambda": lam, "classified": scored.sum()}
         return total
 
     def _log_vars(self) -> torch.Tensor:
@@ -140,20 +141,17 @@ def training_loss(
     seg_loss: nn.Module,
     seg_channels: int,
     num_classes: int = 0,
-    weighting: str = "dynamic",
-    cls_weight: float = 1.0,
-    sigma: float = 0.1,
     class_weights: Sequence[float] | None = None,
-    tumour_free: str = "ignore",
-    network: nn.Module | None = None,
+    **options: Any,
 ) -> nn.Module:
     """The bundle's training loss: ``seg_loss`` itself without classes (segmentation only, as before the head
-    existed), else ``MultitaskLoss`` over it (the other arguments are its own)."""
+    existed), else ``MultitaskLoss`` over it (``options``: its ``weighting``, ``cls_weight``, ``sigma``,
+    ``tumour_free``, ``network``)."""
     if not num_classes:
         return seg_loss
     if class_weights is not None and len(class_weights) != num_classes:
         raise ValueError(f"class_loss_weights needs one weight per class ({num_classes}), got {list(class_weights)}")
-    return MultitaskLoss(seg_loss, seg_channels, weighting, cls_weight, sigma, class_weights, tumour_free, network)
+    return MultitaskLoss(seg_loss, seg_channels, class_weights=class_weights, **options)
 
 
 class MultitaskSchedule:

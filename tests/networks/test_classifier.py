@@ -8,7 +8,7 @@ import torch
 from medseg3d.core.checkpoint_format import save_checkpoint
 from medseg3d.core.errors import InputError
 from medseg3d.networks import res_unet
-from medseg3d.networks.classifier import ClassificationHead, attach_classifier, num_classes_of
+from medseg3d.networks.classifier import ClassificationHead, attach_classifier
 from medseg3d.training.recipes import start_from
 
 SMALL = {"channels": (4, 8, 16), "strides": (2, 2)}
@@ -21,7 +21,7 @@ def test_head_adds_class_channels_constant_over_the_patch(kind: str, spatial_dim
     net = res_unet(4, 3, kind=kind, spatial_dims=spatial_dims, num_classes=2, **SMALL)
     x = torch.randn(2, 4, *size)
     out = net(x)
-    assert out.shape == (2, 5, *size) and num_classes_of(net) == 2
+    assert out.shape == (2, 5, *size) and net.classifier.num_classes == 2
     classes = out[:, 3:]
     assert torch.equal(classes, classes[(..., *([slice(0, 1)] * spatial_dims))].expand_as(classes))
     assert not torch.equal(classes[0], classes[1])  # each sample its own logits
