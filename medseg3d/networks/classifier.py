@@ -42,8 +42,8 @@ class ClassificationHead(nn.Module):
     """Deepest features (B, F, *spatial) to class logits (B, K).
 
     Pooling: global average, average over a ``2^d`` grid per pyramid level beyond 1 (``pyramid``: bins per axis
-    per level, pyramid pooling as in PSPNet), and global max, concatenated; then Linear -> ReLU -> Dropout ->
-    Linear. The pyramid keeps where in the patch the features are (a rim around a core), which a global pool
+    per level, pyramid pooling as in PSPNet), and global max, concatenated; then LayerNorm -> Linear -> LeakyReLU ->
+    Dropout -> Linear. The pyramid keeps where in the patch the features are (a rim around a core), which a global pool
     loses. ``stop_gradient`` detaches the features: the classification loss then trains the head alone and
     leaves the segmentation network's gradients exactly what the segmentation loss gives.
 
@@ -85,8 +85,15 @@ class ClassificationHead(nn.Module):
         self.pools = nn.ModuleList(pool(b) for b in self.pyramid)
         self.max_pool = nn.AdaptiveMaxPool3d(1) if spatial_dims == 3 else nn.AdaptiveMaxPool2d(1)
         pooled = in_features * (sum(b**spatial_dims for b in self.pyramid) + 1)
+        # LayerNorm first: the pooled features' scale differs by pooling (max against average) and grows as the
+        # segmentation trains; without it SGD with nnU-Net's momentum drove the head to the class prior or blew up
+        # the shared features (docs/multitask.md, measured). LeakyReLU: no hidden unit dies for good.
         self.mlp = nn.Sequential(
-            nn.Linear(pooled, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
+            nn.LayerNorm(pooled),
+            nn.Linear(pooled, hidden),
+            nn.LeakyReLU(0.01, inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
         )
         # Kendall et al.'s log-variances (segmentation, classification), learnt with the network when the
         # multitask loss weighs by uncertainty; fixed at zero otherwise. Here so that the optimizer, DDP and the
