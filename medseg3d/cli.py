@@ -125,6 +125,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         preview=args.preview,
         resume=args.resume,
         overrides=args.overrides,
+        output_format=args.output_format,
     )
 
 
@@ -263,6 +264,14 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--tta", action="store_true", help="average over mirrored copies (8x the time in 3D)")
     infer.add_argument("--preview", action="store_true", help="previews/<case_id>.png with the labels overlaid")
     infer.add_argument("--resume", action="store_true", help="skip the cases whose label map already exists")
+    infer.add_argument(
+        "--output_format",
+        nargs="+",
+        choices=("nifti", "seg.nrrd", "dicom-seg"),
+        default=None,
+        metavar="FORMAT",
+        help="nifti (default), seg.nrrd (3D Slicer segmentation), dicom-seg (DICOM SEG), one or several",
+    )
     infer.set_defaults(func=cmd_infer)
 
     evaluate = commands.add_parser(

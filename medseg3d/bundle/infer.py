@@ -15,6 +15,7 @@ from medseg3d.core.errors import InputError
 from medseg3d.core.io import config_path
 from medseg3d.core.overrides import parse_overrides
 from medseg3d.core.ranks import finalize_distributed, init_distributed, local_device
+from medseg3d.data.label_formats import check_formats
 from medseg3d.inference.runner import SUMMARY, failed_count, seconds_per_case
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ def infer_overrides(
     tta: bool = False,
     preview: bool = False,
     resume: bool = False,
+    output_format: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The inference config overrides that ``medseg3d infer``'s flags stand for.
 
@@ -71,6 +73,8 @@ def infer_overrides(
         raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
     if device != "auto":
         overrides["device"] = f"$torch.device({device!r})"
+    if output_format:
+        overrides["output_format"] = check_formats(output_format)
     if overlap is not None:
         if not 0 <= overlap < 1:
             raise ValueError(f"--overlap must be in [0, 1), got {overlap}")
@@ -89,6 +93,7 @@ def infer_folder(
     preview: bool = False,
     resume: bool = False,
     overrides: Sequence[str] | Mapping[str, Any] = (),
+    output_format: Sequence[str] | None = None,
 ) -> int:
     """Run the bundle's ``inference`` workflow on ``input_dir``; print the summary; return the exit code
     (0 when every case is ok or skipped, 1 when any failed).
@@ -105,7 +110,7 @@ def infer_folder(
     extra = parse_overrides(list(overrides)) if not isinstance(overrides, Mapping) else dict(overrides)
     weights = Path(checkpoint) if checkpoint is not None else default_checkpoint(bundle_dir)
     settings = {
-        **infer_overrides(input_dir, output_dir, weights, device, overlap, tta, preview, resume),
+        **infer_overrides(input_dir, output_dir, weights, device, overlap, tta, preview, resume, output_format),
         **extra,
     }
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1

@@ -37,6 +37,18 @@ LABEL_DESCRIPTIONS: dict[str, str] = {
     "ET": "GD-enhancing tumour",
 }
 
+# The BraTS label table of `medseg3d infer --output_format seg.nrrd/dicom-seg` (docs/outputs.md): each sub-region's
+# colour and its codes (SCHEME^VALUE^MEANING) from DICOM's context groups for brain lesions (CID 7168/7169).
+# SNOMED CT has necrosis and edema; for the enhancing part DICOM's group uses NCIt's "Enhancing Lesion".
+BRATS_SEGMENTS: dict[str, dict[str, object]] = {
+    "NCR": {"colour": (255, 0, 0), "category": "SCT^49755003^Morphologically Abnormal Structure",
+            "type": "SCT^6574001^Necrosis", "description": "necrotic tumour core"},
+    "ED": {"colour": (0, 200, 0), "category": "SCT^49755003^Morphologically Abnormal Structure",
+           "type": "SCT^79654002^Edema", "description": "peritumoural edema"},
+    "ET": {"colour": (255, 220, 0), "category": "SCT^49755003^Morphologically Abnormal Structure",
+           "type": "NCIt^C113842^Enhancing Lesion", "description": "enhancing tumour"},
+}  # fmt: skip
+
 # BraTS evaluation regions, as sets of prepared label values.
 REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
 

@@ -34,6 +34,7 @@ from medseg3d.core.constants import EDITIONS, INFER_SUMMARY, PROBABILITY_PREFIX
 from medseg3d.core.errors import InputError
 from medseg3d.core.io import write_text
 from medseg3d.core.ranks import get_rank, is_distributed
+from medseg3d.data.label_formats import check_formats, output_file, segment_specs, write_dicom_seg, write_seg_nrrd
 from medseg3d.data.reader import read_label
 from medseg3d.data.scans import find_scans, read_scan, write_label
 from medseg3d.inference.preview import save_preview
@@ -46,12 +47,12 @@ BASE_COLUMNS = ("case_id", "input", "status", "error", "seconds")
 
 
 def output_path(output_dir: str | os.PathLike, case_id: str) -> Path:
-    """Where the label map of ``case_id`` goes.
+    """Where the NIfTI label map of ``case_id`` goes.
 
     >>> output_path("out", "BraTS2021_00001").as_posix()
     'out/BraTS2021_00001.nii.gz'
     """
-    return Path(output_dir) / f"{case_id}.nii.gz"
+    return output_file(output_dir, case_id, "nifti")
 
 
 def label_volumes(labels: np.ndarray, spacing: Sequence[float], names: Mapping[str, int]) -> dict[str, Any]:
@@ -99,6 +100,16 @@ class BatchRunner:
             inscribed in the label as written (``medseg3d.ops.diameter.max_diameter_mm``: the maximal inscribed
             circle along the vessel's centreline, e.g. the maximum aortic diameter), empty when the label is
             absent from the case; re-read from the label map for cases skipped by ``resume``.
+        output_formats: one or several of ``nifti`` (``<case_id>.nii.gz``), ``seg.nrrd`` (a 3D Slicer segmentation,
+            ``<case_id>.seg.nrrd``) and ``dicom-seg`` (a DICOM SEG, ``<case_id>.seg.dcm``; for a non-DICOM input with
+            the scan as a DICOM series in ``<case_id>.dicom/``): ``medseg3d.data.label_formats``. ``resume`` skips a
+            case when every requested file exists.
+        segments: the label table: written label name -> ``colour``, ``category``, ``type`` (codes
+            ``SCHEME^VALUE^MEANING``), ``description``; names it lacks get a palette colour and a generic code.
+        model_name: the algorithm's name in a DICOM SEG (the bundle's name).
+        dicom_modality: ``CT`` or ``MR``: the image series a DICOM SEG of a non-DICOM input comes with.
+        channel_names: the input channels' names (series descriptions of that image series).
+        reference_channel: the channel whose series that DICOM SEG references (BraTS: FLAIR).
 
     A multitask predictor (``class_names``) adds each case's predicted ``class``, a probability ``p_<name>`` per
     class and ``class_pooled_over`` (``tumour``, or ``foreground`` when no tumour was predicted) to
@@ -126,6 +137,12 @@ class BatchRunner:
         preview_window: Sequence[float] | None = None,
         progress: bool = True,
         diameters: Sequence[str] = (),
+        output_formats: str | Sequence[str] = ("nifti",),
+        segments: Mapping[str, Mapping[str, Any]] | None = None,
+        model_name: str = "",
+        dicom_modality: str = "CT",
+        channel_names: Sequence[str] = (),
+        reference_channel: int = 0,
     ) -> None:
         if expect not in ("image", "brats"):
             raise ValueError(f"expect must be 'image' or 'brats', got {expect!r}")
@@ -149,6 +166,13 @@ class BatchRunner:
         self.preview = bool(preview)
         self.preview_window = None if preview_window is None else tuple(float(v) for v in preview_window)
         self.progress = progress
+        self.formats = check_formats(output_formats)
+        self.segments = {str(k): dict(v or {}) for k, v in (segments or {}).items()}
+        segment_specs(self.label_names, self.segments)  # a malformed colour or code fails before any case
+        self.model_name = str(model_name)
+        self.dicom_modality = str(dicom_modality)
+        self.channel_names = [str(n) for n in channel_names]
+        self.reference_channel = int(reference_channel)
         self.rows: list[dict[str, Any]] = []
 
     # -- labels ---------------------------------------------------------------------------------------------
@@ -175,8 +199,15 @@ class BatchRunner:
         return out.astype(np.uint8 if out.max(initial=0) < 256 else np.int16)
 
     # -- one case -------------------------------------------------------------------------------------------
-    def _skip_row(self, case: Any, path: Path) -> dict[str, Any]:
+    def _outputs(self, case_id: str) -> list[Path]:
+        return [output_file(self.output_dir, case_id, f) for f in self.formats]
+
+    def _skip_row(self, case: Any) -> dict[str, Any]:
         row: dict[str, Any] = {"status": "skipped", "error": "output exists (resume)"}
+        readable = [output_file(self.output_dir, case.case_id, f) for f in ("nifti", "seg.nrrd") if f in self.formats]
+        if not readable:  # a DICOM SEG alone: its volumes are not re-read
+            return row
+        path = readable[0]
         try:
             written = read_label(path)
             labels = written.array[0].astype(np.int64)
@@ -200,7 +231,7 @@ class BatchRunner:
         scan = scan_future.result()  # raises the reading error of this case
         labels = self.predictor(scan.array, scan.affine)
         written = self._to_output(labels, case)
-        write_label(written, scan, output_path(self.output_dir, case.case_id))
+        self._write_outputs(written, scan, case)
         row: dict[str, Any] = {"status": "ok", "error": ""}
         row.update(label_volumes(written, scan.spacing, self._written_labels(case)))
         row.update(self._diameter_columns(written, scan.spacing, case))
@@ -210,6 +241,23 @@ class BatchRunner:
             save_preview(scan.array, labels, path, case.case_id, window=self.preview_window)
         row["seconds"] = round(time.perf_counter() - start, 2)
         return row
+
+    def _write_outputs(self, written: np.ndarray, scan: Any, case: Any) -> None:
+        """The case's label map in each requested format."""
+        segments = segment_specs(self._written_labels(case), self.segments)
+        for output_format, path in zip(self.formats, self._outputs(case.case_id), strict=True):
+            if output_format == "nifti":
+                write_label(written, scan, path)
+            elif output_format == "seg.nrrd":
+                write_seg_nrrd(written, scan, path, segments)
+            else:
+                result = write_dicom_seg(
+                    written, scan, path, segments, model=self.model_name, modality=self.dicom_modality,
+                    channel_names=self.channel_names, reference_channel=self.reference_channel,
+                )  # fmt: skip
+                if result.generated:
+                    filled = ", ".join(f"{k} ({v})" for k, v in result.generated.items())
+                    logger.warning("%s: the source series lacks UIDs; the DICOM SEG uses %s", case.case_id, filled)
 
     def _class_names(self) -> list[str]:
         return list(getattr(self.predictor, "class_names", None) or [])
@@ -241,11 +289,10 @@ class BatchRunner:
         self.rows = []
         for case in cases:
             base = {"case_id": case.case_id, "input": str(case.source)}
-            path = output_path(self.output_dir, case.case_id)
             if case.problem:
                 self.rows.append({**base, "status": "failed", "error": f"{case.source}: {case.problem}"})
-            elif self.resume and path.is_file():
-                self.rows.append({**base, **self._skip_row(case, path)})
+            elif self.resume and all(path.is_file() for path in self._outputs(case.case_id)):
+                self.rows.append({**base, **self._skip_row(case)})
             else:
                 todo.append(case)
         if not todo:  # every case skipped or failed at discovery: the summary is still (re)written

@@ -11,13 +11,16 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
+import slicerio
 import torch
 
 from medseg3d.bundle.infer import default_checkpoint, infer_overrides
 from medseg3d.cli import main
 from medseg3d.core.checkpoint_format import save_checkpoint
 from medseg3d.core.errors import InputError
+from medseg3d.data.label_formats import read_dicom_seg
 from medseg3d.data.synth_brats import write_brats_tree
 from medseg3d.inference.predictor import Predictor, logits_to_labels
 from medseg3d.inference.runner import label_volumes
@@ -322,3 +325,35 @@ def test_a_multitask_model_writes_each_case_class(batch: Path, tmp_path: Path) -
         seg = nib.load(tmp_path / "seg" / f"{case}.nii.gz").get_fdata()
         np.testing.assert_array_equal(multi, seg)
     assert "class" not in (tmp_path / "seg" / "summary.csv").read_text().splitlines()[0].split(",")
+
+
+def test_output_formats_hold_the_same_labels(batch: Path, checkpoint: Path, first_run, tmp_path: Path) -> None:
+    """``--output_format nifti seg.nrrd dicom-seg``: Slicer's and the PACS's reading of each case equal the NIfTI
+    label map voxel for voxel, with each edition's label values; resume skips a case only when all exist."""
+    out = tmp_path / "formats"
+    assert _infer(batch, out, checkpoint, "--output_format", "nifti", "seg.nrrd", "dicom-seg") == 1
+    rows = _rows(out)
+    good = sorted(p.name for p in batch.iterdir() if p.is_dir() and p.name != "BraTS2021_09999")
+    for case_id in good:
+        assert rows[case_id]["status"] == "ok", rows[case_id]
+        nifti = np.asarray(nib.load(str(out / f"{case_id}.nii.gz")).dataobj)
+        assert np.array_equal(nifti, np.asarray(nib.load(str(first_run[0] / f"{case_id}.nii.gz")).dataobj))
+        seg = slicerio.read_segmentation(str(out / f"{case_id}.seg.nrrd"))
+        assert np.array_equal(seg["voxels"], nifti)
+        et = 3 if case_id.startswith("BraTS-") else 4
+        assert [(s["name"], s["labelValue"]) for s in seg["segments"]] == [("NCR", 1), ("ED", 2), ("ET", et)]
+        flair = sorted((out / f"{case_id}.dicom").glob("series04_MR/*.dcm"))
+        assert len(flair) == nifti.shape[2]
+        numbers, names = read_dicom_seg(out / f"{case_id}.seg.dcm", [pydicom.dcmread(f).SOPInstanceUID for f in flair])
+        assert names == {1: "NCR", 2: "ED", 3: "ET"}
+        values = np.select([numbers == 1, numbers == 2, numbers == 3], [1, 2, et], 0)
+        assert np.array_equal(values, nifti)
+    bad = [row["case_id"] for row in rows.values() if row["status"] == "failed"]
+    assert bad and not any(out.glob(f"{bad[0]}.*"))
+    # resume: every format there -> skipped (volumes re-read); a format missing -> the case runs again
+    (out / f"{good[0]}.seg.nrrd").unlink()
+    assert _infer(batch, out, checkpoint, "--resume", "--output_format", "nifti", "seg.nrrd", "dicom-seg") == 1
+    again = _rows(out)
+    assert again[good[0]]["status"] == "ok" and (out / f"{good[0]}.seg.nrrd").is_file()
+    assert [again[c]["status"] for c in good[1:]] == ["skipped"] * (len(good) - 1)
+    assert again[good[1]]["ED_voxels"] == rows[good[1]]["ED_voxels"]
