@@ -126,6 +126,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         resume=args.resume,
         overrides=args.overrides,
         output_format=args.output_format,
+        save_probabilities=args.save_probabilities,
     )
 
 
@@ -255,9 +256,16 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument(
         "--checkpoint",
         type=Path,
+        nargs="+",
         default=None,
         help="weights: a run's checkpoints/best.pt or a bare state dict (default: the bundle's models/model.pt, "
-        "else best.pt of the newest run under ./runs/<bundle name>)",
+        "else best.pt of the newest run under ./runs/<bundle name>); several, a run folder or a cross-validation "
+        "run folder: an ensemble (probabilities averaged)",
+    )
+    infer.add_argument(
+        "--save_probabilities",
+        action="store_true",
+        help="also write OUTPUT/<case_id>.probabilities.npz (float16, the scan's grid)",
     )
     infer.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when present")
     infer.add_argument("--overlap", type=float, default=None, help="sliding-window overlap, 0 <= F < 1 (0.5)")

@@ -46,13 +46,14 @@ def default_checkpoint(bundle_dir: str | os.PathLike, runs_root: str | os.PathLi
 def infer_overrides(
     input_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
-    checkpoint: str | os.PathLike,
+    checkpoint: str | os.PathLike | Sequence[str | os.PathLike],
     device: str = "auto",
     overlap: float | None = None,
     tta: bool = False,
     preview: bool = False,
     resume: bool = False,
     output_format: Sequence[str] | None = None,
+    save_probabilities: bool = False,
 ) -> dict[str, Any]:
     """The inference config overrides that ``medseg3d infer``'s flags stand for.
 
@@ -64,7 +65,11 @@ def infer_overrides(
     overrides: dict[str, Any] = {
         "input_dir": config_path(input_dir),
         "output_dir": config_path(output_dir),
-        "checkpoint": config_path(checkpoint),
+        "checkpoint": (
+            config_path(checkpoint)
+            if isinstance(checkpoint, (str, os.PathLike))
+            else [config_path(c) for c in checkpoint]
+        ),
         "tta": bool(tta),
         "preview": bool(preview),
         "resume": bool(resume),
@@ -75,6 +80,8 @@ def infer_overrides(
         overrides["device"] = f"$torch.device({device!r})"
     if output_format:
         overrides["output_format"] = check_formats(output_format)
+    if save_probabilities:
+        overrides["save_probabilities"] = True
     if overlap is not None:
         if not 0 <= overlap < 1:
             raise ValueError(f"--overlap must be in [0, 1), got {overlap}")
@@ -86,7 +93,7 @@ def infer_folder(
     bundle_dir: str | os.PathLike,
     input_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
-    checkpoint: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     device: str = "auto",
     overlap: float | None = None,
     tta: bool = False,
@@ -94,6 +101,7 @@ def infer_folder(
     resume: bool = False,
     overrides: Sequence[str] | Mapping[str, Any] = (),
     output_format: Sequence[str] | None = None,
+    save_probabilities: bool = False,
 ) -> int:
     """Run the bundle's ``inference`` workflow on ``input_dir``; print the summary; return the exit code
     (0 when every case is ok or skipped, 1 when any failed).
@@ -108,9 +116,17 @@ def infer_folder(
     if not Path(input_dir).exists():
         raise InputError(input_dir, "input not found (expected a folder of scans or one scan)")
     extra = parse_overrides(list(overrides)) if not isinstance(overrides, Mapping) else dict(overrides)
-    weights = Path(checkpoint) if checkpoint is not None else default_checkpoint(bundle_dir)
+    if checkpoint is None or (not isinstance(checkpoint, (str, os.PathLike)) and not list(checkpoint)):
+        weights: Any = default_checkpoint(bundle_dir)
+    elif isinstance(checkpoint, (str, os.PathLike)):
+        weights = Path(checkpoint)
+    else:
+        weights = [Path(c) for c in checkpoint]
+        weights = weights[0] if len(weights) == 1 else weights
     settings = {
-        **infer_overrides(input_dir, output_dir, weights, device, overlap, tta, preview, resume, output_format),
+        **infer_overrides(
+            input_dir, output_dir, weights, device, overlap, tta, preview, resume, output_format, save_probabilities
+        ),
         **extra,
     }
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1

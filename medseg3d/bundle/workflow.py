@@ -40,6 +40,8 @@ _TYPES = {
     "bool": lambda v: isinstance(v, bool),
     "str": lambda v: isinstance(v, str),
     "list": lambda v: isinstance(v, list | tuple),
+    # one path or several (an ensemble's checkpoints)
+    "paths": lambda v: isinstance(v, str) or (isinstance(v, list | tuple) and all(isinstance(i, str) for i in v)),
 }
 
 

@@ -48,6 +48,7 @@ from medseg3d.data.scans import Scan
 OUTPUT_FORMATS: tuple[str, ...] = ("nifti", "seg.nrrd", "dicom-seg")
 SUFFIXES: dict[str, str] = {"nifti": ".nii.gz", "seg.nrrd": ".seg.nrrd", "dicom-seg": ".seg.dcm"}
 SERIES_SUFFIX = ".dicom"  # the image series written beside a DICOM SEG of a non-DICOM input
+PROBABILITIES_SUFFIX = ".probabilities.npz"  # `--save_probabilities`
 
 # Segments without an entry in the label table: a generic tissue code and Slicer's first colours.
 _TISSUE = "SCT^85756007^Tissue"
@@ -136,6 +137,40 @@ def check_formats(formats: str | Sequence[str]) -> list[str]:
     if bad or not items:
         raise ValueError(f"output formats must be some of {', '.join(OUTPUT_FORMATS)}, got {formats!r}")
     return list(dict.fromkeys(items))
+
+
+def probabilities_file(output_dir: str | os.PathLike, case_id: str) -> Path:
+    """Where ``case_id``'s probabilities go (``--save_probabilities``).
+
+    >>> probabilities_file("out", "case1").as_posix()
+    'out/case1.probabilities.npz'
+    """
+    return Path(output_dir) / f"{case_id}{PROBABILITIES_SUFFIX}"
+
+
+def write_probabilities(
+    probabilities: np.ndarray, scan: Scan, path: str | os.PathLike, channels: Sequence[str], output_mode: str
+) -> Path:
+    """Write a case's probabilities as a compressed NumPy archive, atomically: ``probabilities`` float16
+    (K, X, Y, Z) on the scan's grid and index order, ``affine`` (4, 4) voxel -> RAS mm (the label map's),
+    ``channels`` (K names: regions WT, TC, ET; or background and each label), ``output_mode`` (``regions``: one
+    sigmoid per nested region, ``labels``: a softmax over the channels).
+
+    Raises:
+        ValueError: not K channels on the scan's grid.
+    """
+    probabilities = np.asarray(probabilities)
+    if probabilities.shape[1:] != scan.spatial_shape or len(probabilities) != len(channels):
+        raise ValueError(
+            f"probabilities of shape {probabilities.shape} do not match {len(channels)} channels on the scan's "
+            f"grid {scan.spatial_shape}"
+        )
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(
+            f, probabilities=probabilities.astype(np.float16, copy=False), affine=np.asarray(scan.affine, np.float64),
+            channels=np.asarray(list(channels)), output_mode=np.asarray(output_mode),
+        )  # fmt: skip
+    return Path(path)
 
 
 # ------------------------------------------------------------------------------------------------------- seg.nrrd

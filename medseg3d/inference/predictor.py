@@ -26,7 +26,7 @@ from medseg3d.core.errors import InputError
 from medseg3d.ops.components import parse_rules, postprocess_labels
 from medseg3d.transforms.classes import ClassPool
 from medseg3d.transforms.ct import sample_in_slabs
-from medseg3d.transforms.decode import OUTPUT_MODES, logits_to_labels
+from medseg3d.transforms.decode import OUTPUT_MODES, logits_to_labels, logits_to_probabilities, probabilities_to_logits
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ def resample_labels_in_slabs(
     output_mode: str,
     slab: int = 32,
     outside: float = 0.0,
+    probabilities: np.ndarray | None = None,
 ) -> np.ndarray:
     """Labels on a target grid from logits on another grid, ``slab`` target slices (last axis) at a time.
 
@@ -47,6 +48,8 @@ def resample_labels_in_slabs(
     decoded at once: at no point is there a float copy of the whole target volume per channel, only one
     slab's (Invertd would resample all K channels over the whole scan, and build its sampling grid for it).
     Voxels that map outside the logits get ``outside`` in every channel (labels mode: background).
+    ``probabilities`` (K, *target_shape), when given, is filled with the interpolated logits' probabilities
+    (``logits_to_probabilities``), slab by slab: the labels are exactly their decoding.
 
     >>> logits = torch.zeros(2, 4, 4, 4); logits[1, 1:3, 1:3, 1:3] = 5.0
     >>> up = resample_labels_in_slabs(logits, np.diag([2.0, 2, 2, 1]), np.eye(4), (8, 8, 8), "labels", slab=3)
@@ -58,6 +61,8 @@ def resample_labels_in_slabs(
     shifted = logits.float() - outside  # sampled with zeros outside: those voxels get ``outside`` back
     for start, stop, part in sample_in_slabs(shifted, source_affine, target_affine, target_shape, slab):
         out[:, :, start:stop] = logits_to_labels(part + outside, output_mode)
+        if probabilities is not None:
+            probabilities[..., start:stop] = logits_to_probabilities(part + outside, output_mode).numpy()
     return out
 
 
@@ -112,6 +117,56 @@ def load_network_weights(network: torch.nn.Module, checkpoint: str | os.PathLike
     logger.info("loaded network weights from %s", path)
 
 
+def checkpoint_list(checkpoint: str | os.PathLike | Sequence[str | os.PathLike] | None) -> list[Path]:
+    """The checkpoint files ``checkpoint`` names: one file, several, or a cross-validation run folder (``cv.json``
+    beside ``fold_<k>/``: each fold's ``checkpoints/best.pt``, an ensemble of the folds, as nnU-Net predicts).
+
+    Raises:
+        InputError: a cross-validation folder with a fold lacking ``checkpoints/best.pt``, or a folder that is
+            neither a cross-validation run nor a run (``checkpoints/best.pt``).
+    """
+    if checkpoint is None:
+        return []
+    items = [checkpoint] if isinstance(checkpoint, (str, os.PathLike)) else list(checkpoint)
+    out: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if not path.is_dir():
+            out.append(path)
+            continue
+        folds = sorted(path.glob("fold_*"), key=lambda p: (len(p.name), p.name))
+        if (path / "cv.json").is_file() and folds:
+            missing = [f for f in folds if not (f / "checkpoints" / "best.pt").is_file()]
+            if missing:
+                raise InputError(missing[0], "a fold of this cross-validation run has no checkpoints/best.pt yet")
+            out += [f / "checkpoints" / "best.pt" for f in folds]
+        elif (path / "checkpoints" / "best.pt").is_file():
+            out.append(path / "checkpoints" / "best.pt")
+        else:
+            raise InputError(
+                path, "expected a checkpoint file, a run folder or a cross-validation run folder (cv.json)"
+            )
+    return out
+
+
+def ensemble_logits(outputs: Sequence[torch.Tensor], output_mode: str, class_channels: int = 0) -> torch.Tensor:
+    """One output from an ensemble's outputs (each (K, ...), same grid): the mean of the members' probabilities,
+    as logits again (``probabilities_to_logits``), so the decoding, resampling and pooling downstream are the
+    single model's. A multitask network's last ``class_channels`` (class logits) are averaged as logits.
+
+    >>> a, b = torch.tensor([[[[4.0]]], [[[0.0]]]]), torch.tensor([[[[0.0]]], [[[1.0]]]])
+    >>> logits_to_labels(ensemble_logits([a, b], "labels"), "labels").tolist()  # p: 0.51 vs 0.49 -> label 0
+    [[[0]]]
+    """
+    seg = [o[: len(o) - class_channels] for o in outputs]
+    mean = torch.stack([logits_to_probabilities(o, output_mode) for o in seg]).mean(0)
+    merged = probabilities_to_logits(mean, output_mode)
+    if class_channels:
+        classes = torch.stack([o[len(o) - class_channels :] for o in outputs]).mean(0)
+        merged = torch.cat([merged, classes])
+    return merged
+
+
 class Predictor:
     """A bundle's trained network applied to whole scans, on the scan's own voxel grid.
 
@@ -124,7 +179,9 @@ class Predictor:
         postprocess: ``medseg3d.ops.components.postprocess_labels`` rules on the prepared labels
             (label value or ``"all"`` -> ``{keep_largest: k, min_size: n, fill_holes: true}``); empty: none.
         device: where the network runs.
-        checkpoint: weights to load (a training checkpoint or a bare state dict); None keeps ``network``'s.
+        checkpoint: weights to load (a training checkpoint or a bare state dict), or several: an ensemble, whose
+            members each run the sliding window (and TTA) and whose probabilities are averaged before the labels
+            are decoded (``ensemble_logits``); None keeps ``network``'s.
         inverse_slab: when the preprocessing moved the grid (orientation, spacing, cropping), put the labels
             back on the scan's grid ``inverse_slab`` slices at a time (``resample_labels_in_slabs``: memory
             bounded by a slab, for large CTs) instead of ``Invertd`` on the whole logits; None: ``Invertd``.
@@ -138,6 +195,9 @@ class Predictor:
             ``last_class`` holds the case's class: the logits pooled over the tumour decoded on the network's
             grid, before postprocessing, as validation pools them (``medseg3d.transforms.classes``), their
             softmax, the most probable class and what they were pooled over.
+        keep_probabilities: after each scan, ``last_probabilities`` holds the probabilities (K, X, Y, Z) on the
+            scan's grid, float16: softmax over labels or one sigmoid per region, of the logits the labels were
+            decoded from (before postprocessing), so the labels are their decoding.
 
     Chunks see less context than the whole scan at their seams, and their windows and resampling grids sit
     elsewhere, so a voxel where the network hesitates can come out otherwise than in one piece (tested:
@@ -158,13 +218,20 @@ class Predictor:
         chunk_voxels: int | None = None,
         chunk_overlap_mm: float = 100.0,
         class_names: Sequence[str] = (),
+        keep_probabilities: bool = False,
     ) -> None:
         if output_mode not in OUTPUT_MODES:
             raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
         self.device = torch.device(device)
         self.network = network.to(self.device).eval()
-        if checkpoint is not None:
-            load_network_weights(self.network, checkpoint)
+        self.members: list[dict[str, torch.Tensor]] = []  # an ensemble's weights, one state dict per member
+        checkpoints = checkpoint_list(checkpoint)
+        for path in checkpoints:
+            load_network_weights(self.network, path)
+            if len(checkpoints) > 1:
+                self.members.append({k: v.detach().clone() for k, v in self.network.state_dict().items()})
+        self.keep_probabilities = bool(keep_probabilities)
+        self.last_probabilities: np.ndarray | None = None
         self.inferer = inferer
         self.preprocessing = preprocessing
         self.output_mode = output_mode
@@ -205,7 +272,14 @@ class Predictor:
         data = self.preprocessing({"image": image})
         inputs = data["image"].unsqueeze(0).to(self.device)
         with torch.no_grad():
-            out = self.inferer(inputs, self.network)
+            if not self.members:
+                out = self.inferer(inputs, self.network)
+            else:
+                outputs = []
+                for state in self.members:
+                    self.network.load_state_dict(state)
+                    outputs.append(self.inferer(inputs, self.network)[0].float().cpu())
+                out = ensemble_logits(outputs, self.output_mode, len(self.class_names))[None]
         pred = out[0].float().cpu()
         if self.class_names:  # the class channels are pooled here, on the network's grid, and dropped
             k = len(self.class_names)
@@ -219,18 +293,23 @@ class Predictor:
 
     def __call__(self, array: np.ndarray, affine: np.ndarray) -> np.ndarray:
         """Prepared labels (shape (X, Y, Z), uint8) for the scan ``array`` (C, X, Y, Z) with ``affine``."""
-        self._pool, self.last_class = None, None
+        self._pool, self.last_class, self.last_probabilities = None, None, None
         chunks = chunk_slices(array.shape[1:], affine, self.chunk_voxels, self.chunk_overlap_mm)
         if len(chunks) == 1:
-            labels = self._labels(array, affine)
+            labels, self.last_probabilities = self._labels(array, affine)
         else:
             labels = np.zeros(array.shape[1:], np.uint8)
             for start, stop, keep_start, keep_stop in chunks:
                 shifted = np.array(affine, dtype=np.float64)
                 shifted[:3, 3] += shifted[:3, 2] * start  # voxel (i, j, start) of the scan is (i, j, 0) of the chunk
-                part = self._labels(array[..., start:stop], shifted)
-                labels[..., keep_start:keep_stop] = part[..., keep_start - start : keep_stop - start]
-                del part
+                part, probabilities = self._labels(array[..., start:stop], shifted)
+                keep = slice(keep_start - start, keep_stop - start)
+                labels[..., keep_start:keep_stop] = part[..., keep]
+                if probabilities is not None:
+                    if self.last_probabilities is None:
+                        self.last_probabilities = np.zeros((len(probabilities), *array.shape[1:]), np.float16)
+                    self.last_probabilities[..., keep_start:keep_stop] = probabilities[..., keep]
+                del part, probabilities
             logger.info("segmented in %d chunks along the last axis: %s", len(chunks), chunks)
         if self.postprocess:
             labels = postprocess_labels(labels, self.postprocess)
@@ -242,10 +321,15 @@ class Predictor:
                                probabilities, strict=True)), "pooled_over": over}  # fmt: skip
         return labels
 
-    def _labels(self, array: np.ndarray, affine: np.ndarray) -> np.ndarray:
-        """Labels (X, Y, Z) of ``array`` (C, X, Y, Z) on its own grid, before postprocessing."""
+    def _labels(self, array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Labels (X, Y, Z) of ``array`` (C, X, Y, Z) on its own grid, before postprocessing, and their
+        probabilities (K, X, Y, Z) float16 when ``keep_probabilities`` (else None)."""
+        probabilities = None
         if self.inverse_slab is None:
-            labels = logits_to_labels(self.logits(array, affine), self.output_mode)
+            logits = self.logits(array, affine)
+            labels = logits_to_labels(logits, self.output_mode)
+            if self.keep_probabilities:
+                probabilities = logits_to_probabilities(logits, self.output_mode).numpy().astype(np.float16)
         else:
             pred, data = self._forward(array, affine)
             moved = bool(data["image"].applied_operations)
@@ -254,12 +338,18 @@ class Predictor:
             del data, pred  # only the logits on the preprocessed grid stay
             if moved:
                 shape = tuple(array.shape[1:])
-                labels = resample_labels_in_slabs(logits, grid, affine, shape, self.output_mode, self.inverse_slab)
+                if self.keep_probabilities:
+                    probabilities = np.zeros((len(logits), *shape), np.float16)
+                labels = resample_labels_in_slabs(
+                    logits, grid, affine, shape, self.output_mode, self.inverse_slab, probabilities=probabilities
+                )
             else:
                 labels = logits_to_labels(logits, self.output_mode)
+                if self.keep_probabilities:
+                    probabilities = logits_to_probabilities(logits, self.output_mode).numpy().astype(np.float16)
         if labels.shape != array.shape[1:]:  # Invertd restores the grid; a bundle transform that is not
             raise RuntimeError(  # invertible would land here instead of silently misplacing the labels
                 f"the label map has shape {labels.shape}, the scan {array.shape[1:]}: a preprocessing step of "
                 "the bundle is not invertible"
             )
-        return labels
+        return labels, probabilities

@@ -30,11 +30,19 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from medseg3d.core.constants import EDITIONS, INFER_SUMMARY, PROBABILITY_PREFIX
+from medseg3d.core.constants import EDITIONS, INFER_SUMMARY, PROBABILITY_PREFIX, REGIONS
 from medseg3d.core.errors import InputError
 from medseg3d.core.io import write_text
 from medseg3d.core.ranks import get_rank, is_distributed
-from medseg3d.data.label_formats import check_formats, output_file, segment_specs, write_dicom_seg, write_seg_nrrd
+from medseg3d.data.label_formats import (
+    check_formats,
+    output_file,
+    probabilities_file,
+    segment_specs,
+    write_dicom_seg,
+    write_probabilities,
+    write_seg_nrrd,
+)
 from medseg3d.data.reader import read_label
 from medseg3d.data.scans import find_scans, read_scan, write_label
 from medseg3d.inference.preview import save_preview
@@ -110,6 +118,9 @@ class BatchRunner:
         dicom_modality: ``CT`` or ``MR``: the image series a DICOM SEG of a non-DICOM input comes with.
         channel_names: the input channels' names (series descriptions of that image series).
         reference_channel: the channel whose series that DICOM SEG references (BraTS: FLAIR).
+        save_probabilities: also write ``<case_id>.probabilities.npz``: the probabilities the labels were decoded
+            from, float16, on the scan's grid (``label_formats.write_probabilities``; the predictor must keep them:
+            ``keep_probabilities``); ``resume`` then needs it too.
 
     A multitask predictor (``class_names``) adds each case's predicted ``class``, a probability ``p_<name>`` per
     class and ``class_pooled_over`` (``tumour``, or ``foreground`` when no tumour was predicted) to
@@ -143,6 +154,7 @@ class BatchRunner:
         dicom_modality: str = "CT",
         channel_names: Sequence[str] = (),
         reference_channel: int = 0,
+        save_probabilities: bool = False,
     ) -> None:
         if expect not in ("image", "brats"):
             raise ValueError(f"expect must be 'image' or 'brats', got {expect!r}")
@@ -173,6 +185,7 @@ class BatchRunner:
         self.dicom_modality = str(dicom_modality)
         self.channel_names = [str(n) for n in channel_names]
         self.reference_channel = int(reference_channel)
+        self.save_probabilities = bool(save_probabilities)
         self.rows: list[dict[str, Any]] = []
 
     # -- labels ---------------------------------------------------------------------------------------------
@@ -200,7 +213,8 @@ class BatchRunner:
 
     # -- one case -------------------------------------------------------------------------------------------
     def _outputs(self, case_id: str) -> list[Path]:
-        return [output_file(self.output_dir, case_id, f) for f in self.formats]
+        files = [output_file(self.output_dir, case_id, f) for f in self.formats]
+        return files + ([probabilities_file(self.output_dir, case_id)] if self.save_probabilities else [])
 
     def _skip_row(self, case: Any) -> dict[str, Any]:
         row: dict[str, Any] = {"status": "skipped", "error": "output exists (resume)"}
@@ -245,7 +259,14 @@ class BatchRunner:
     def _write_outputs(self, written: np.ndarray, scan: Any, case: Any) -> None:
         """The case's label map in each requested format."""
         segments = segment_specs(self._written_labels(case), self.segments)
-        for output_format, path in zip(self.formats, self._outputs(case.case_id), strict=True):
+        if self.save_probabilities:
+            found = getattr(self.predictor, "last_probabilities", None)
+            if found is None:
+                raise RuntimeError("save_probabilities: the predictor kept no probabilities (keep_probabilities)")
+            path = probabilities_file(self.output_dir, case.case_id)
+            write_probabilities(found, scan, path, self._probability_channels(len(found)), self._output_mode())
+        for output_format in self.formats:
+            path = output_file(self.output_dir, case.case_id, output_format)
             if output_format == "nifti":
                 write_label(written, scan, path)
             elif output_format == "seg.nrrd":
@@ -258,6 +279,17 @@ class BatchRunner:
                 if result.generated:
                     filled = ", ".join(f"{k} ({v})" for k, v in result.generated.items())
                     logger.warning("%s: the source series lacks UIDs; the DICOM SEG uses %s", case.case_id, filled)
+
+    def _output_mode(self) -> str:
+        return str(getattr(self.predictor, "output_mode", "labels"))
+
+    def _probability_channels(self, count: int) -> list[str]:
+        """Names of the probability channels: the regions, or background and each label in value order."""
+        if self._output_mode() == "regions":
+            names = list(REGIONS)
+        else:
+            names = ["background", *sorted(self.label_names, key=self.label_names.__getitem__)]
+        return names if len(names) == count else [f"channel{i}" for i in range(count)]
 
     def _class_names(self) -> list[str]:
         return list(getattr(self.predictor, "class_names", None) or [])

@@ -49,6 +49,38 @@ def logits_to_labels(logits: torch.Tensor, output_mode: str) -> np.ndarray:
     raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
 
 
+def logits_to_probabilities(logits: torch.Tensor, output_mode: str) -> torch.Tensor:
+    """Network output (K, ...) -> probabilities (K, ...), float32: one sigmoid per region (``regions``), or the
+    softmax over the channels (``labels``). ``logits_to_labels`` of the logits is their decoding (p > 0.5 per
+    region; the most probable label).
+
+    >>> logits_to_probabilities(torch.tensor([[[[0.0]]], [[[0.0]]]]), "labels").flatten().tolist()
+    [0.5, 0.5]
+    """
+    logits = torch.as_tensor(logits).float()
+    if output_mode == "regions":
+        return torch.sigmoid(logits)
+    if output_mode == "labels":
+        return torch.softmax(logits, dim=0)
+    raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
+
+
+def probabilities_to_logits(probabilities: torch.Tensor, output_mode: str, eps: float = 1e-7) -> torch.Tensor:
+    """The inverse of ``logits_to_probabilities`` up to what decoding cannot see: log-odds per region, or the log
+    of each label's probability (softmax's logits up to a per-voxel constant). Probabilities are clamped to
+    [eps, 1 - eps] first.
+
+    >>> [round(v, 3) for v in probabilities_to_logits(torch.tensor([0.5, 0.9]), "regions").tolist()]
+    [0.0, 2.197]
+    """
+    p = torch.as_tensor(probabilities).float().clamp(eps, 1.0 - eps)
+    if output_mode == "regions":
+        return torch.log(p) - torch.log1p(-p)
+    if output_mode == "labels":
+        return torch.log(p)
+    raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
+
+
 class LogitsToLabels(Transform):
     """Logits (K, X, Y, Z) -> label map (1, X, Y, Z) by ``logits_to_labels``, on the input's type and device.
 

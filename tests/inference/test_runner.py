@@ -22,9 +22,10 @@ from medseg3d.core.checkpoint_format import save_checkpoint
 from medseg3d.core.errors import InputError
 from medseg3d.data.label_formats import read_dicom_seg
 from medseg3d.data.synth_brats import write_brats_tree
-from medseg3d.inference.predictor import Predictor, logits_to_labels
+from medseg3d.inference.predictor import Predictor, checkpoint_list, logits_to_labels
 from medseg3d.inference.runner import label_volumes
 from medseg3d.networks import res_unet
+from medseg3d.transforms.array import regions_to_labels
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "brats_mri_resunet_3d"
@@ -357,3 +358,76 @@ def test_output_formats_hold_the_same_labels(batch: Path, checkpoint: Path, firs
     assert again[good[0]]["status"] == "ok" and (out / f"{good[0]}.seg.nrrd").is_file()
     assert [again[c]["status"] for c in good[1:]] == ["skipped"] * (len(good) - 1)
     assert again[good[1]]["ED_voxels"] == rows[good[1]]["ED_voxels"]
+
+
+def _two_checkpoints(tmp_path: Path) -> list[Path]:
+    paths = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        net = res_unet(4, 3, channels=(4, 8), strides=(2,))
+        paths.append(save_checkpoint({"network": net.state_dict()}, tmp_path / f"member{seed}.pt"))
+    return paths
+
+
+def test_probabilities_are_what_the_labels_were_decoded_from(batch: Path, checkpoint: Path, tmp_path: Path) -> None:
+    """``--save_probabilities``: float16 sigmoids of WT, TC, ET on the scan's grid, beside labels (postprocessing
+    off) that are exactly their decoding; the same labels as without the flag."""
+    inputs = tmp_path / "in"
+    shutil.copytree(batch / "BraTS2021_00000", inputs / "BraTS2021_00000")
+    off = ["--postprocess", "{}"]
+    assert _infer(inputs, tmp_path / "plain", checkpoint, *off) == 0
+    assert _infer(inputs, tmp_path / "probs", checkpoint, "--save_probabilities", *off) == 0
+    saved = np.load(tmp_path / "probs" / "BraTS2021_00000.probabilities.npz")
+    source = nib.load(str(next((inputs / "BraTS2021_00000").glob("*_t1.nii.gz"))))
+    p = saved["probabilities"]
+    assert p.dtype == np.float16 and p.shape == (3, *source.shape)
+    assert saved["channels"].tolist() == ["WT", "TC", "ET"] and str(saved["output_mode"]) == "regions"
+    assert np.array_equal(saved["affine"], source.affine)
+    labels = np.asarray(nib.load(str(tmp_path / "probs" / "BraTS2021_00000.nii.gz")).dataobj)
+    plain = np.asarray(nib.load(str(tmp_path / "plain" / "BraTS2021_00000.nii.gz")).dataobj)
+    assert np.array_equal(labels, plain)
+    decoded = regions_to_labels(p.astype(np.float32) > 0.5)
+    # float16 rounds a probability within 2**-11 of 0.5 onto 0.5: only such voxels may decode otherwise
+    near = (np.abs(p.astype(np.float32) - 0.5) <= 2**-11).any(axis=0)
+    written = np.where(labels == 4, 3, labels)  # the 2021 convention back to prepared values
+    assert np.array_equal(decoded[~near], written[~near])
+    assert near.mean() < 0.05  # an untrained network: most voxels far enough from 0.5 to be checked
+
+
+def test_an_ensemble_averages_its_members_probabilities(batch: Path, tmp_path: Path) -> None:
+    """Several checkpoints: the labels decode the mean of the members' probabilities (the ensemble's own
+    probabilities are that mean), and one member alone is not the ensemble."""
+    members = _two_checkpoints(tmp_path)
+    inputs = tmp_path / "in"
+    shutil.copytree(batch / "BraTS2021_00000", inputs / "BraTS2021_00000")
+    off = ["--postprocess", "{}", "--save_probabilities"]
+    for i, member in enumerate(members):
+        assert _infer(inputs, tmp_path / f"m{i}", member, *off) == 0
+    code = main(["infer", str(inputs), str(tmp_path / "ens"), "--bundle", str(BUNDLE), "--checkpoint",
+                 *map(str, members), *off, *TINY_ARGS])  # fmt: skip
+    assert code == 0
+    load = lambda d: np.load(tmp_path / d / "BraTS2021_00000.probabilities.npz")["probabilities"].astype(np.float32)  # noqa: E731
+    mean = (load("m0") + load("m1")) / 2
+    assert np.allclose(load("ens"), mean, atol=2e-3)
+    ensemble = np.asarray(nib.load(str(tmp_path / "ens" / "BraTS2021_00000.nii.gz")).dataobj)
+    decoded = regions_to_labels(mean > 0.5)
+    near = (np.abs(mean - 0.5) < 2e-3).any(axis=0)
+    assert np.array_equal(np.where(ensemble == 4, 3, ensemble)[~near], decoded[~near])
+    single = np.asarray(nib.load(str(tmp_path / "m0" / "BraTS2021_00000.nii.gz")).dataobj)
+    assert not np.array_equal(single, ensemble)
+
+
+def test_checkpoint_list_takes_files_runs_and_cross_validation_folders(tmp_path: Path) -> None:
+    cv = tmp_path / "cv"
+    for fold in (0, 1, 10, 2):
+        (cv / f"fold_{fold}" / "checkpoints").mkdir(parents=True)
+        (cv / f"fold_{fold}" / "checkpoints" / "best.pt").write_bytes(b"x")
+    (cv / "cv.json").write_text("{}")
+    assert [p.parts[-3] for p in checkpoint_list(cv)] == ["fold_0", "fold_1", "fold_2", "fold_10"]
+    assert checkpoint_list(cv / "fold_1") == [cv / "fold_1" / "checkpoints" / "best.pt"]
+    assert checkpoint_list([tmp_path / "a.pt", tmp_path / "b.pt"]) == [tmp_path / "a.pt", tmp_path / "b.pt"]
+    (cv / "fold_2" / "checkpoints" / "best.pt").unlink()
+    with pytest.raises(InputError, match="fold_2.*no checkpoints/best.pt"):
+        checkpoint_list(cv)
+    with pytest.raises(InputError, match="cross-validation run folder"):
+        checkpoint_list(tmp_path / "cv" / "fold_2")
