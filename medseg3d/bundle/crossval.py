@@ -5,6 +5,8 @@ Layout of a cross-validation run (``OUT``, default ``runs/<bundle>/<timestamp>-c
     OUT/fold_<k>/             a full run directory per fold (config.json, metrics.csv, checkpoints/, ...)
     OUT/cv_summary.csv        one row per fold (best epoch and its validation metrics), then mean and std
     OUT/cv_summary.json       the same as numbers
+    OUT/postprocessing.json   after all folds: the postprocessing rules the out-of-fold predictions chose
+                              (``fold_<k>/oof/``; medseg3d/bundle/postprocessing.py), which `medseg3d infer` applies
 
 A multitask run (``--classify``, docs/multitask.md) adds the case classification's ``val_class_*`` columns (AUC,
 balanced accuracy, accuracy, confusion counts) to each fold's ``metrics.csv``; the summary then carries them too,
@@ -24,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from medseg3d.bundle.postprocessing import POSTPROCESSING_FILE, choose_postprocessing
 from medseg3d.bundle.workflow import make_workflow, resume_workflow, run_workflow
 from medseg3d.core.checkpoint_format import load_checkpoint, training_complete
 from medseg3d.core.errors import InputError
@@ -151,6 +154,8 @@ def train_folds(
             fold_overrides = {**overrides, "fold": fold, "output_dir": config_path(run_dir)}
             run_workflow(make_workflow(bundle_dir, "train", fold_overrides))
     summary = write_cv_summary(fold_dirs, out)
+    if len(folds) > 1 and not (out / POSTPROCESSING_FILE).is_file():  # every fold's cases have a prediction
+        choose_postprocessing(out, bundle_dir, folds, overrides)
     mean, std = summary["mean"], summary["std"]
     print(f"cross-validation over folds {folds}: {out / 'cv_summary.csv'}")
     width = max(16, *map(len, mean))  # val_class_balanced_accuracy is longer than the Dice names

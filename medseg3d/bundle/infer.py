@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from medseg3d.bundle.postprocessing import find_postprocessing
 from medseg3d.bundle.workflow import make_workflow, run_workflow
 from medseg3d.core.errors import InputError
 from medseg3d.core.io import config_path
@@ -129,6 +130,10 @@ def infer_folder(
         ),
         **extra,
     }
+    chosen = find_postprocessing(weights) if "postprocess" not in extra else None
+    if chosen is not None:  # the rules its cross-validation chose replace the bundle's default
+        settings["postprocess"] = chosen[1]
+        logger.info("postprocessing from %s: %s", chosen[0], chosen[1] or "none")
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:  # under torchrun: each rank takes its share of the cases
         rank_device = local_device(cuda=False if device == "cpu" else None)

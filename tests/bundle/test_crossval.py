@@ -178,6 +178,15 @@ def test_train_all_folds_from_the_command_line(tiny_prepared: Path, tmp_path: Pa
     folds = [float(rows[k]["val_mean_dice"]) for k in ("0", "1")]
     assert float(rows["mean"]["val_mean_dice"]) == pytest.approx(statistics.fmean(folds), abs=1e-5)
 
+    # Postprocessing chosen on the out-of-fold predictions of both folds, one per training case
+    record = json.loads((out / "postprocessing.json").read_text())
+    assert record["folds"] == [0, 1] and record["cases"] == 4
+    assert record["bundle_default"]["rules"] == {"all": {"min_size": 10}}
+    assert [c["name"] for c in record["candidates"]][:4] == ["keep_largest all", "keep_largest 1", "keep_largest 2",
+                                                             "keep_largest 3"]  # fmt: skip
+    assert len(list((out / "fold_0" / "oof" / "predictions").glob("*.nii.gz"))) == 2
+    assert record["chosen"]["mean_dice"] >= record["none"]["mean_dice"]
+
     # Resuming a finished cross-validation trains nothing again and rewrites the same summary.
     before = (out / "fold_0" / "checkpoints" / "last.pt").stat().st_mtime_ns
     assert main(["train", "--resume", str(out)]) == 0

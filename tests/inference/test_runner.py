@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -431,3 +432,28 @@ def test_checkpoint_list_takes_files_runs_and_cross_validation_folders(tmp_path:
         checkpoint_list(cv)
     with pytest.raises(InputError, match="cross-validation run folder"):
         checkpoint_list(tmp_path / "cv" / "fold_2")
+
+
+def test_a_cross_validation_run_is_an_ensemble_with_its_chosen_postprocessing(batch: Path, tmp_path: Path) -> None:
+    """``--checkpoint CV_DIR``: every fold's best.pt, and the rules of its postprocessing.json instead of the
+    bundle's default (as if given with --postprocess); --postprocess still wins."""
+    members = _two_checkpoints(tmp_path)
+    cv = tmp_path / "cv"
+    for fold, member in enumerate(members):
+        (cv / f"fold_{fold}" / "checkpoints").mkdir(parents=True)
+        shutil.copy(member, cv / f"fold_{fold}" / "checkpoints" / "best.pt")
+    (cv / "cv.json").write_text("{}")
+    rules = {"all": {"keep_largest": 1}, "2": {"min_size": 5}}
+    (cv / "postprocessing.json").write_text(json.dumps({"rules": rules}))
+    inputs = tmp_path / "in"
+    shutil.copytree(batch / "BraTS2021_00000", inputs / "BraTS2021_00000")
+    run = lambda out, *extra: main(["infer", str(inputs), str(tmp_path / out), "--bundle", str(BUNDLE), *extra,  # noqa: E731
+                                    *TINY_ARGS])  # fmt: skip
+    assert run("cv_out", "--checkpoint", str(cv)) == 0
+    assert run("explicit", "--checkpoint", *map(str, members), "--postprocess", json.dumps(rules)) == 0
+    assert run("override", "--checkpoint", str(cv), "--postprocess", "{}") == 0
+    assert run("raw", "--checkpoint", *map(str, members), "--postprocess", "{}") == 0
+    read = lambda out: np.asarray(nib.load(str(tmp_path / out / "BraTS2021_00000.nii.gz")).dataobj)  # noqa: E731
+    assert np.array_equal(read("cv_out"), read("explicit"))
+    assert np.array_equal(read("override"), read("raw"))
+    assert not np.array_equal(read("cv_out"), read("raw"))
