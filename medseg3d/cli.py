@@ -72,6 +72,25 @@ def cmd_datalist(args: argparse.Namespace) -> int:
     return 1 if result.rejected else 0
 
 
+def _dataset_id(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 999:
+        raise argparse.ArgumentTypeError(f"expected an nnU-Net dataset ID from 1 to 999, got {text}")
+    return value
+
+
+def cmd_nnunet_export(args: argparse.Namespace) -> int:
+    # lazy: numpy, nibabel, SimpleITK (0.4 s; `--help` takes 0.04 s)
+    from medseg3d.data.nnunet import export_nnunet
+
+    _check_output(args.out)
+    result = export_nnunet(
+        args.prepared, args.out, args.id, name=args.name, output_mode=args.output_mode, overwrite=args.overwrite
+    )
+    print(result.summary())
+    return 0
+
+
 def _check_output(path: object) -> None:
     """``InputError`` before any work when an output folder given on the command line cannot be written."""
 
@@ -191,18 +210,26 @@ def build_parser() -> argparse.ArgumentParser:
         description="Find the image/label pairs under ROOT (imagesTr/ + labelsTr/, or <id>_ct + <id>_seg files and "
         "DICOM series folders), check each (readable, label on the image's grid, label values non-negative "
         "integers) and write OUT/dataset.json with cross-validation folds (docs/data.md); --classes CSV adds "
-        "per-case class columns. A bad pair is reported and left out; the exit code is then 1. Exit code 2: "
-        "nothing usable, a bad --classes CSV, or bad arguments.",
+        "per-case class columns. ROOT may be an nnU-Net v2 raw dataset (DatasetNNN_Name/ with its dataset.json): "
+        "each case's channel files, its labels and regions, imagesTs/ and the folds of splits_final.json are "
+        "listed, the files referenced where they are; give --out (docs/nnunet.md). A bad pair is reported and left "
+        "out; the exit code is then 1. Exit code 2: nothing usable, a bad --classes CSV, or bad arguments.",
     )
-    datalist.add_argument("root", type=Path, help="folder of image/label pairs")
+    datalist.add_argument("root", type=Path, help="folder of image/label pairs, or an nnU-Net v2 dataset folder")
     datalist.add_argument("--out", type=Path, default=None, help="folder of the dataset.json (ROOT)")
-    datalist.add_argument("--folds", type=_positive, default=5, help="cross-validation folds (5)")
+    datalist.add_argument(
+        "--folds",
+        type=_positive,
+        default=None,
+        help="cross-validation folds (5; an nnU-Net dataset with splits_final.json: its folds)",
+    )
     datalist.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (0)")
     datalist.add_argument(
         "--labels",
         default=None,
         metavar="NAME[,NAME...]",
-        help="names of the label values 1, 2, ... in value order (label_1, label_2, ...)",
+        help="names of the label values 1, 2, ... in value order (label_1, label_2, ...; an nnU-Net dataset: its "
+        "names)",
     )
     datalist.add_argument(
         "--classes",
@@ -213,6 +240,29 @@ def build_parser() -> argparse.ArgumentParser:
         "(null where unknown), for `medseg3d train --classify <field>`; folds balanced over the first field",
     )
     datalist.set_defaults(func=cmd_datalist)
+
+    export = commands.add_parser(
+        "nnunet-export",
+        help="write a prepared BraTS dataset as an nnU-Net v2 raw dataset, with its folds as splits_final.json",
+        description="Write the prepared BraTS dataset PREPARED (prep_brats OUT) as OUT/Dataset<ID>_<NAME>/: "
+        "imagesTr/<case>_0000..0003.nii.gz (t1, t1ce, t2, flair, the prepared voxels and geometry), "
+        "labelsTr/<case>.nii.gz (the prepared labels), imagesTs/ for its test cases, dataset.json and "
+        "splits_final.json (its folds), so that nnUNetv2_plan_and_preprocess -d ID and nnU-Net's training run on the "
+        "same cases and folds (docs/nnunet.md). Exit code 2: a bad dataset, an existing target without --overwrite.",
+    )
+    export.add_argument("prepared", type=Path, help="the prepared dataset (holds dataset.json)")
+    export.add_argument("out", type=Path, help="folder to write Dataset<ID>_<NAME>/ into (nnU-Net's nnUNet_raw)")
+    export.add_argument("--id", type=_dataset_id, required=True, help="nnU-Net dataset ID, 1 to 999")
+    export.add_argument("--name", default="BraTSPrepared", help="letters, digits, _ and - (BraTSPrepared)")
+    export.add_argument(
+        "--output-mode",
+        choices=("regions", "labels"),
+        default="regions",
+        help="what nnU-Net trains: the regions WT, TC, ET (sigmoids, as the BraTS bundles) or the labels NCR, ED, ET "
+        "(softmax) (regions)",
+    )
+    export.add_argument("--overwrite", action="store_true", help="replace an existing Dataset<ID>_<NAME>/")
+    export.set_defaults(func=cmd_nnunet_export)
 
     # allow_abbrev=False: bundle overrides pass through unparsed, so `--fold 1` (the bundle's validation fold)
     # must not be taken for an abbreviation of --folds, nor `--check` for --checkpoint

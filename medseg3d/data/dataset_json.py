@@ -10,7 +10,9 @@ Schema (version ``SCHEMA_VERSION``; a file without ``schema_version`` is version
   (``name``, ``labels``, ``folds``, ``seed``, the BraTS preparation's records...) is metadata, kept as written.
 - a training case: ``case_id``, ``image``, ``label`` (paths relative to the dataset folder), ``fold``; optional
   ``grade`` and ``tumour_type`` (a string or null); any other key is an extra column, kept on read and handed to
-  the data loader when the bundle lists it in ``keys`` of :func:`fold_datalists`.
+  the data loader when the bundle lists it in ``keys`` of :func:`fold_datalists`. ``image`` is one file (a
+  multi-channel NIfTI file, or a DICOM series folder), or a list of one file per channel in channel order (an
+  nnU-Net dataset listed by ``medseg3d datalist``), which MONAI's ``LoadImaged`` stacks into the channels.
 - a test case: ``case_id`` and ``image``, the same optional keys.
 
 Folds are assigned by :func:`medseg3d.data.folds.assign_folds` (:func:`assign_entry_folds` applies it to cases).
@@ -32,7 +34,8 @@ from medseg3d.data.folds import assign_folds
 DATASET_JSON = "dataset.json"
 SCHEMA_KEY = "schema_version"
 # 1: what prep_brats and medseg3d datalist wrote before the field existed (case_id optional); 2: schema_version,
-# case_id required and unique, optional tumour_type.
+# case_id required and unique, optional tumour_type, and (added later) an image may be a list of channel files: a
+# version-2 reader without lists refuses such a file, naming the entry, rather than misreading it (docs/data.md).
 SCHEMA_VERSION = 2
 TRAINING_FIELDS = ("case_id", "image", "label", "fold")
 TEST_FIELDS = ("case_id", "image")
@@ -106,8 +109,13 @@ def _check_entry(path: Path, list_key: str, number: int, entry: Any, required: S
                          f"{', '.join(required)} in every {list_key} case (docs/data.md)")  # fmt: skip
     name = _entry_name(list_key, number, entry)
     for key in ("case_id", "image", "label"):
-        if key in entry and (not isinstance(entry[key], str) or not entry[key].strip()):
-            raise InputError(path, f"{name}: {key} is {entry[key]!r}; expected a non-empty string")
+        value = entry.get(key)
+        if key == "image" and isinstance(value, list):  # one file per channel, in channel order
+            if not value or any(not isinstance(item, str) or not item.strip() for item in value):
+                raise InputError(path, f"{name}: image is {value!r}; expected a non-empty string or a non-empty list "
+                                 "of them (one file per channel)")  # fmt: skip
+        elif key in entry and (not isinstance(value, str) or not value.strip()):
+            raise InputError(path, f"{name}: {key} is {value!r}; expected a non-empty string")
     fold = entry.get("fold")
     if "fold" in entry and (not isinstance(fold, int) or isinstance(fold, bool) or fold < 0):
         raise InputError(path, f"{name}: fold is {fold!r}; expected an integer >= 0")
@@ -217,8 +225,10 @@ def read_dataset_json(dataset_dir: str | os.PathLike) -> dict[str, Any]:
     return check_dataset(content, path)
 
 
-def _resolve(dataset_dir: str | os.PathLike, listed: str) -> str:
-    # As monai.data.load_decathlon_datalist resolves image and label paths.
+def _resolve(dataset_dir: str | os.PathLike, listed: str | list[str]) -> str | list[str]:
+    # As monai.data.load_decathlon_datalist resolves image and label paths; a list of channel files path by path.
+    if isinstance(listed, list):
+        return [os.path.normpath(os.path.join(os.fspath(dataset_dir), item)) for item in listed]
     return os.path.normpath(os.path.join(os.fspath(dataset_dir), listed))
 
 
@@ -243,8 +253,8 @@ def fold_datalists(
         class_names: the classes in index order (``class_names_for``).
 
     Returns:
-        Two lists of cases, ``image`` and ``label`` as absolute paths; an ``image`` may be a file or a DICOM
-        series folder, a ``label`` is a file.
+        Two lists of cases, ``image`` and ``label`` as absolute paths; an ``image`` may be a file, a DICOM
+        series folder or a list of channel files (``LoadImaged`` stacks them as channels), a ``label`` is a file.
 
     Raises:
         InputError: a bad ``dataset.json`` (:func:`read_dataset_json`), a fold that no case has, a fold that holds
@@ -266,16 +276,21 @@ def fold_datalists(
             "label": _resolve(dataset_dir, entry["label"]),
         }
         for key in ("image", "label"):
-            listed = Path(resolved[key])
-            # An image may also be a DICOM series folder (medseg3d datalist lists those); a label is one file.
-            if listed.is_file() or (key == "image" and listed.is_dir()):
-                continue
-            if listed.is_dir():
-                raise InputError(listed, f"listed as label of {entry['case_id']} in {path} but a folder; expected a "
-                                 "label file")  # fmt: skip
-            raise InputError(listed, f"listed as {key} of {entry['case_id']} in {path} but missing")
+            channels = resolved[key] if isinstance(resolved[key], list) else [resolved[key]]
+            for listed in map(Path, channels):
+                # An image may also be a DICOM series folder (medseg3d datalist lists those); a label is one file,
+                # and so is each channel file of an image listed channel by channel.
+                if listed.is_file() or (key == "image" and len(channels) == 1 and listed.is_dir()):
+                    continue
+                if listed.is_dir():
+                    what, expected = ("label", "a label file") if key == "label" else ("image", "one file per channel")
+                    raise InputError(listed, f"listed as {what} of {entry['case_id']} in {path} but a folder; "
+                                     f"expected {expected}")  # fmt: skip
+                raise InputError(listed, f"listed as {key} of {entry['case_id']} in {path} but missing")
         for key in keys:
             value = resolved.get(key)
+            if key == "image" and isinstance(value, list):  # channel files: loaded, never collated as they are
+                continue
             if not isinstance(value, _SCALARS):
                 what = "lacks it" if key not in resolved else f"holds {value!r}"
                 raise InputError(path, f"{_entry_name('training', number, entry)}: the data loader keeps {key}, but "

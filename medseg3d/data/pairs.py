@@ -13,6 +13,10 @@ Layouts (``docs/data.md``, "Image/label pairs"):
    under ROOT.
 2. Suffix pairs anywhere under ROOT: ``<id>_ct.<ext>`` or a DICOM series folder ``<id>_ct/`` with
    ``<id>_seg.<ext>`` (``-ct``/``-seg`` too, any case); a bare ``ct.<ext>``/``seg.<ext>`` takes its folder's name.
+3. An nnU-Net v2 raw dataset: ROOT holds nnU-Net's ``dataset.json`` (``channel_names``, ``labels``, ``file_ending``),
+   ``imagesTr/<id>_<XXXX><file_ending>`` (one file per channel), ``labelsTr/<id><file_ending>``, optional
+   ``imagesTs/`` (listed as ``test`` cases) and ``splits_final.json`` (its folds are kept). A case of several channels
+   lists its channel files as ``image`` (``docs/nnunet.md``); the layout is read by ``medseg3d.data.nnunet``.
 
 ``<ext>`` is ``.nii.gz``, ``.nii``, ``.nrrd``, ``.nhdr``, ``.mha`` or ``.mhd``.
 
@@ -32,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medseg3d.core.constants import IMAGE_EXTENSIONS
+from medseg3d.core.constants import IMAGE_EXTENSIONS, REGIONS
 from medseg3d.core.errors import InputError, check_output_folder
 from medseg3d.data.brats import safe_case_id
 from medseg3d.data.dataset_json import (
@@ -42,11 +46,20 @@ from medseg3d.data.dataset_json import (
     write_dataset_json,
     written_by,
 )
-from medseg3d.data.reader import check_same_grid, image_extension, label_values, read_info, read_label
+from medseg3d.data.nnunet import (
+    SPLITS_FILE,
+    NnunetDataset,
+    find_nnunet_cases,
+    is_nnunet_dataset,
+    read_nnunet_dataset,
+    read_splits,
+)
+from medseg3d.data.reader import ImageInfo, check_same_grid, image_extension, label_values, read_info, read_label
 
 logger = logging.getLogger(__name__)
 
 GENERATOR = "medseg3d datalist"  # dataset.json's "generator"
+DEFAULT_FOLDS = 5
 _SUFFIX = re.compile(r"^(?:(?P<id>.+?)[_-])?(?P<role>ct|seg)$", re.IGNORECASE)
 _CHANNEL = re.compile(r"^(?P<id>.+)_(?P<channel>\d{4})$")
 _EXTENSIONS_TEXT = "/".join(IMAGE_EXTENSIONS)
@@ -85,6 +98,8 @@ class DatalistResult:
         warnings: things that do not stop the listing but may surprise training (non-consecutive label values,
             ``classes`` rows that match no listed case, listed cases without a row).
         class_fields: the per-case columns taken from the ``classes`` CSV, in its column order (empty without one).
+        test: the ``test`` entries (an nnU-Net dataset's ``imagesTs`` cases: ``case_id``, ``image``).
+        splits: the ``splits_final.json`` whose folds the entries keep, or None (folds dealt by ``assign_folds``).
     """
 
     path: Path
@@ -94,13 +109,17 @@ class DatalistResult:
     folds: int
     warnings: list[str] = field(default_factory=list)
     class_fields: list[str] = field(default_factory=list)
+    test: list[dict[str, Any]] = field(default_factory=list)
+    splits: Path | None = None
 
     def summary(self) -> str:
         """One line: cases, folds, label values, rejected count (and the class columns with how many cases know
         each)."""
         values = ", ".join(self.labels)
+        folds = f"{self.folds} folds" + (f" ({self.splits.name})" if self.splits is not None else "")
+        tests = f", {len(self.test)} test cases" if self.test else ""
         line = (
-            f"{self.path}: {len(self.entries)} cases in {self.folds} folds, label values {values}, "
+            f"{self.path}: {len(self.entries)} cases in {folds}{tests}, label values {values}, "
             f"{len(self.rejected)} rejected"
         )
         for name in self.class_fields:
@@ -127,15 +146,22 @@ class Pair:
 
     Attributes:
         case_id: unique under ROOT (compared case-insensitively), a plain file name.
-        image: the image file or DICOM series folder.
-        label: the label file.
+        image: the image file or DICOM series folder (channel 0 of a case of several channel files).
+        label: the label file (None for an nnU-Net ``imagesTs`` case).
         modality: ``"CT"`` for ``<id>_ct`` images, else None (a DICOM series' Modality tag is read later).
+        images: every channel file in channel order, for a case of several (nnU-Net); empty for one image.
     """
 
     case_id: str
     image: Path  # a file or a DICOM series folder
-    label: Path
+    label: Path | None
     modality: str | None  # "CT" for <id>_ct; a DICOM series' Modality tag replaces it
+    images: tuple[Path, ...] = ()
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """The image files: every channel, or the one image."""
+        return self.images or (self.image,)
 
 
 # ---------------------------------------------------------------------------------------------------------- discovery
@@ -188,8 +214,9 @@ def _decathlon(images_dir: Path | None, labels_dir: Path | None, parent: Path) -
         if len(found) > 1:
             if all(channel is not None for _, channel in found):
                 reason = (
-                    f"case {stem} has {len(found)} channel files ({_names(paths)}); expected one image per case "
-                    "(multi-channel inputs are not supported)"
+                    f"case {stem} has {len(found)} channel files ({_names(paths)}); expected one image per case, "
+                    "or give the nnU-Net dataset folder, whose dataset.json names the channels, as ROOT "
+                    "(docs/nnunet.md)"
                 )
             else:
                 reason = f"several images for case {stem} ({_names(paths)}); expected one file or DICOM folder"
@@ -289,18 +316,119 @@ def find_pairs(root: str | os.PathLike) -> tuple[list[Pair], list[Rejection]]:
 # ----------------------------------------------------------------------------------------------------------- checking
 
 
-def _check_pair(pair: Pair) -> tuple[list[int], str | None]:
-    """(label values, modality) of a sound pair; ``InputError`` naming the file at fault otherwise.
+def _check_images(files: Sequence[Path]) -> ImageInfo:
+    """The grid of a case's image (its first channel), every channel file sound and on that grid; ``InputError``
+    naming the file at fault otherwise.
 
     Through ``medseg3d.data.reader``: of a NIfTI image only the header and a cheap truncation check, NRRD/MHA images
-    and DICOM series in full (a series' slice positions checked); the label in full (its values are needed).
+    and DICOM series in full (a series' slice positions checked).
     """
-    image = read_info(pair.image, verify_data=True)
+    first = read_info(files[0], verify_data=True)
+    for path in files[1:]:
+        info = read_info(path, verify_data=True)
+        check_same_grid(path, info.grid, files[0], first.grid,
+                        expected="expected every channel of a case on one voxel grid")  # fmt: skip
+    return first
+
+
+def _check_pair(pair: Pair, declared: NnunetDataset | None = None) -> tuple[list[int], str | None]:
+    """(label values, modality) of a sound pair; ``InputError`` naming the file at fault otherwise.
+
+    The image as :func:`_check_images` checks it; the label read in full (its values are needed), on the image's
+    grid, its values non-negative integers, and with ``declared`` (an nnU-Net dataset) among the values its
+    ``dataset.json`` declares.
+    """
+    image = _check_images(pair.files)
     label = read_label(pair.label)
     check_same_grid(pair.label, label.grid, pair.image, image.grid, relation="not on the grid of its image",
                     expected="expected the label on the image's voxel grid (same size, spacing, origin and "
                     "direction)")  # fmt: skip
-    return label_values(label.array, pair.label), image.modality or pair.modality
+    values = label_values(label.array, pair.label)
+    unexpected = [v for v in values if declared is not None and v not in declared.values]
+    if unexpected:
+        raise InputError(pair.label, f"unexpected label values {', '.join(map(str, unexpected))}; expected only "
+                         f"{', '.join(map(str, declared.values))} (the labels of {declared.path})")  # fmt: skip
+    return values, image.modality or pair.modality
+
+
+# ------------------------------------------------------------------------------------------------------ nnU-Net v2
+
+
+def _nnunet_pairs(dataset: NnunetDataset) -> tuple[list[Pair], list[Pair], list[Rejection]]:
+    """(training pairs, test cases (``imagesTs``, ``label`` None), rejections) of an nnU-Net dataset, nothing read:
+    each case's channel files grouped (``medseg3d.data.nnunet.find_nnunet_cases``), case IDs made plain file names
+    and unique ignoring case over both lists (the later by path is rejected, as in :func:`find_pairs`)."""
+    pairs: list[Pair] = []
+    rejected: list[Rejection] = []
+    kept: dict[str, Pair] = {}
+    for part in ("Tr", "Ts"):
+        cases, problems = find_nnunet_cases(dataset, part)
+        rejected += [Rejection(path, reason) for path, reason in problems]
+        for case in cases:
+            pair = Pair(safe_case_id(case.case_id), case.images[0], case.label, None,
+                        case.images if len(case.images) > 1 else ())  # fmt: skip
+            first = kept.setdefault(pair.case_id.casefold(), pair)
+            if first is not pair:
+                reason = f"case ID {pair.case_id} is also the case of {first.image}; expected unique case IDs"
+                rejected.append(Rejection(pair.image, reason))
+            else:
+                pairs.append(pair)
+    return [p for p in pairs if p.label is not None], [p for p in pairs if p.label is None], rejected
+
+
+def _image_field(pair: Pair, out: Path) -> str | list[str]:
+    """A case's ``image`` in ``dataset.json``: the file, or its channel files in channel order."""
+    if pair.images:
+        return [relative_path(path, out) for path in pair.images]
+    return relative_path(pair.image, out)
+
+
+def _splits_folds(
+    dataset: NnunetDataset, folds: int | None, listed: list[tuple[Pair, str | None]], rejected: list[Rejection]
+) -> tuple[dict[str, int], int, list[str]]:
+    """(case ID -> fold from ``splits_final.json``, the number of folds, warnings); listed cases in no ``val`` list
+    are moved to ``rejected``."""
+    path = dataset.splits
+    val_lists = read_splits(path)
+    if folds is not None and folds != len(val_lists):
+        raise DatalistError(path, f"holds {len(val_lists)} folds but --folds {folds} was given; expected no --folds "
+                            f"(the folds of {SPLITS_FILE} are kept) or --folds {len(val_lists)}", rejected)  # fmt: skip
+    fold_of = {safe_case_id(case): k for k, val in enumerate(val_lists) for case in val}
+    for pair, modality in list(listed):
+        if pair.case_id not in fold_of:
+            listed.remove((pair, modality))
+            reason = (f"case {pair.case_id} is in no fold's val list of {path}; expected every case validated by "
+                      f"one fold (or remove {SPLITS_FILE} to have folds dealt)")  # fmt: skip
+            rejected.append(Rejection(pair.image, reason))
+    warnings = []
+    known = {pair.case_id for pair, _ in listed}
+    unlisted = sorted(set(fold_of) - known)
+    if unlisted:
+        warnings.append(f"{path}: {len(unlisted)} cases of its val lists are not listed (not found or rejected): "
+                        f"{', '.join(unlisted)}")  # fmt: skip
+    for k in range(len(val_lists)):
+        if not any(fold_of[case] == k for case in known):
+            warnings.append(f"{path}: fold {k} has no listed case; training fold {k} will fail")
+    return fold_of, len(val_lists), warnings
+
+
+def _nnunet_warnings(dataset: NnunetDataset, found: int) -> list[str]:
+    """What an nnU-Net dataset holds that training here takes differently, or that nnU-Net would refuse."""
+    warnings = []
+    if dataset.num_training is not None and dataset.num_training != found:
+        warnings.append(f"{dataset.path}: numTraining is {dataset.num_training}, but imagesTr/labelsTr hold {found} "
+                        "cases with every channel and a label (nnU-Net refuses such a dataset)")  # fmt: skip
+    if dataset.ignore_label is not None:
+        warnings.append(f"label {dataset.ignore_label} is nnU-Net's ignore label: the bundles train it as a class of "
+                        "its own")  # fmt: skip
+    regions = {name: tuple(values) for name, values in dataset.regions.items()}
+    if regions and sorted(map(sorted, regions.values())) != sorted(map(sorted, REGIONS.values())):
+        ours = ", ".join(f"{name} {set(values)}" for name, values in REGIONS.items())
+        theirs = ", ".join(f"{name} {set(values)}" for name, values in regions.items())
+        warnings.append(f"regions {theirs} are not the BraTS bundles' regions {ours} of the prepared labels (1 NCR, "
+                        "2 ED, 3 ET); nnU-Net's BraTS conversion numbers the labels 1 ED, 2 NCR, 3 ET: remap the "
+                        "labels before training a BraTS bundle with output_mode regions")  # fmt: skip
+    return warnings
 
 
 # ------------------------------------------------------------------------------------------------------------ classes
@@ -419,10 +547,18 @@ def _add_classes(entries: list[dict[str, Any]], table: CaseTable) -> list[str]:
 # ------------------------------------------------------------------------------------------------------------ writing
 
 
-def _label_names(values: list[int], names: Sequence[str] | None, root: Path, rejected: list[Rejection]) -> dict:
+def _label_names(
+    values: list[int],
+    names: Sequence[str] | None,
+    root: Path,
+    rejected: list[Rejection],
+    defaults: dict[int, str] | None = None,
+) -> dict:
+    """Label value (a string) -> name, background ``"0"`` first: ``names`` in value order, else ``defaults``, else
+    ``label_<value>``."""
     foreground = [v for v in values if v != 0]
     if names is None:
-        names = [f"label_{v}" for v in foreground]
+        names = [(defaults or {}).get(v, f"label_{v}") for v in foreground]
     names = [str(n).strip() for n in names]
     found = ", ".join(map(str, foreground)) or "none"
     if len(names) != len(foreground):
@@ -438,6 +574,13 @@ def _label_names(values: list[int], names: Sequence[str] | None, root: Path, rej
     return {"0": "background", **{str(v): n for v, n in zip(foreground, names, strict=True)}}
 
 
+def _check_not_nnunet_json(root: Path, out: Path) -> None:
+    """Refuse to write the project's dataset.json over the nnU-Net dataset's own (``out`` = ROOT)."""
+    if dataset_json_path(out).resolve() == dataset_json_path(root).resolve():
+        raise InputError(dataset_json_path(out), "is the nnU-Net dataset's own dataset.json; expected --out DIR for "
+                         "the one medseg3d trains on (it points to the files here; nothing is copied)")  # fmt: skip
+
+
 def _check_overwrite(out: Path) -> None:
     """Refuse to replace a dataset.json that this command did not write (prep_brats's, a Decathlon original)."""
     path = dataset_json_path(out)
@@ -449,7 +592,7 @@ def _check_overwrite(out: Path) -> None:
 def build_datalist(
     root: str | os.PathLike,
     out: str | os.PathLike | None = None,
-    folds: int = 5,
+    folds: int | None = None,
     seed: int = 0,
     label_names: Sequence[str] | None = None,
     classes: str | os.PathLike | None = None,
@@ -457,11 +600,17 @@ def build_datalist(
     """Find, check and list the image/label pairs under ``root`` into ``out/dataset.json`` (atomically).
 
     Args:
-        root: folder of image/label pairs in either layout (module docstring, ``docs/data.md``).
-        out: folder of the ``dataset.json``; default ``root``. Paths in the file are relative to it.
-        folds: cross-validation folds (>= 1); needs at least as many usable cases.
+        root: folder of image/label pairs in any layout (module docstring, ``docs/data.md``), or an nnU-Net v2 raw
+            dataset folder (``docs/nnunet.md``): its cases' channel files are listed in channel order, its label
+            names (and regions) and its ``imagesTs`` cases are recorded, and the folds of its ``splits_final.json``
+            are kept.
+        out: folder of the ``dataset.json``; default ``root`` (for an nnU-Net dataset, whose own ``dataset.json``
+            lies there, ``out`` must be given). Paths in the file are relative to it.
+        folds: cross-validation folds (>= 1), default 5; needs at least as many usable cases. With a
+            ``splits_final.json``: its number of folds (another number is an error).
         seed: seed of the fold assignment.
-        label_names: names of the non-zero label values found, in value order; default ``label_<value>``.
+        label_names: names of the non-zero label values, in value order: those found, or for an nnU-Net dataset
+            those its ``dataset.json`` declares; default ``label_<value>`` (nnU-Net: its names).
         classes: a CSV ``case_id,<field>[,<field2>...]`` (:func:`read_class_csv`): each field becomes a per-case
             column of every entry (the case's value as a string; null where the case has no row or an empty cell),
             and the folds are balanced over the first field's values, as ``prep_brats`` balances them over the
@@ -472,11 +621,13 @@ def build_datalist(
         What was written; ``rejected`` lists the pairs left out (the file is written when any pair is usable).
 
     Raises:
-        DatalistError: no usable pair, fewer cases than folds, or ``label_names`` not one per non-zero value
-            (``rejected`` carries the rejections so far; nothing is written).
+        DatalistError: no usable pair, fewer cases than folds, ``label_names`` not one per non-zero value, or
+            ``folds`` not the number of folds of ``splits_final.json`` (``rejected`` carries the rejections so far;
+            nothing is written).
         InputError: ``root`` is not a folder, ``out`` cannot be created or written, or holds a dataset.json this
-            command did not write; ``classes`` is unreadable, lacks a ``case_id`` column or names a column
-            ``RESERVED_COLUMNS`` holds (nothing is written).
+            command did not write (an nnU-Net dataset's own included); ``classes`` is unreadable, lacks a
+            ``case_id`` column or names a column ``RESERVED_COLUMNS`` holds; an nnU-Net ``dataset.json`` or
+            ``splits_final.json`` that nnU-Net would refuse (nothing is written).
         ValueError: ``folds`` < 1.
 
     Example:
@@ -492,21 +643,27 @@ def build_datalist(
         {'0': 'background', '1': 'aorta'}
         >>> tmp.cleanup()
     """  # noqa: E501
-    if folds < 1:
+    if folds is not None and folds < 1:
         raise ValueError(f"folds must be >= 1, got {folds}")
     root = Path(root)
     out = Path(out) if out is not None else root
     path = dataset_json_path(out)
     # Before any pair is read: a bad CSV fails at once.
     table = read_class_csv(classes, reserved=RESERVED_COLUMNS) if classes is not None else None
-    pairs, rejected = find_pairs(root)
+    nnunet = read_nnunet_dataset(root) if root.is_dir() and is_nnunet_dataset(root) else None
+    test_cases: list[Pair] = []
+    if nnunet is None:
+        pairs, rejected = find_pairs(root)
+    else:
+        _check_not_nnunet_json(root, out)
+        pairs, test_cases, rejected = _nnunet_pairs(nnunet)
     check_output_folder(out)
     _check_overwrite(out)
     listed: list[tuple[Pair, str | None]] = []
     values: set[int] = set()
     for pair in pairs:
         try:
-            found, modality = _check_pair(pair)
+            found, modality = _check_pair(pair, nnunet)
         except InputError as exc:
             rejected.append(Rejection(Path(exc.path) if exc.path else pair.image, exc.problem))
             continue
@@ -516,17 +673,38 @@ def build_datalist(
             continue
         values.update(found)
         listed.append((pair, modality))
+    tests = []
+    for pair in test_cases:
+        try:
+            _check_images(pair.files)
+        except (ValueError, RuntimeError, OSError) as exc:  # InputError included
+            where = Path(exc.path) if isinstance(exc, InputError) and exc.path else pair.image
+            rejected.append(Rejection(where, exc.problem if isinstance(exc, InputError) else str(exc)))
+            continue
+        tests.append(pair)
+    warnings: list[str] = []
+    fold_of = None
+    if nnunet is not None and nnunet.splits is not None:
+        fold_of, folds, split_warnings = _splits_folds(nnunet, folds, listed, rejected)
+        warnings += split_warnings
+    folds = DEFAULT_FOLDS if folds is None else folds
     rejected.sort(key=lambda r: (str(r.path), r.reason))
     if not listed:
         how = f"all {len(rejected)} found were rejected" if rejected else "none found"
-        raise DatalistError(root, f"no usable image/label pair ({how}); expected imagesTr/<id>.nii.gz + "
-                            "labelsTr/<id>.nii.gz, or <id>_ct.nii.gz + <id>_seg.nii.gz (docs/data.md)",
-                            rejected)  # fmt: skip
-    if len(listed) < folds:
+        expected = (
+            f"imagesTr/<case>_0000{nnunet.file_ending} ... + labelsTr/<case>{nnunet.file_ending} (docs/nnunet.md)"
+            if nnunet is not None
+            else "imagesTr/<id>.nii.gz + labelsTr/<id>.nii.gz, or <id>_ct.nii.gz + <id>_seg.nii.gz (docs/data.md)"
+        )
+        raise DatalistError(root, f"no usable image/label pair ({how}); expected {expected}", rejected)
+    if fold_of is None and len(listed) < folds:
         raise DatalistError(root, f"{folds} folds need at least {folds} cases, found {len(listed)} usable; give "
                             f"--folds {len(listed)} or fewer", rejected)  # fmt: skip
-    labels = _label_names(sorted(values), label_names, root, rejected)
-    warnings = []
+    if nnunet is None:
+        labels = _label_names(sorted(values), label_names, root, rejected)
+    else:
+        labels = _label_names(nnunet.values, label_names, root, rejected, defaults=nnunet.names)
+        warnings += _nnunet_warnings(nnunet, len(pairs))
     foreground = [int(v) for v in labels if v != "0"]
     if not foreground:
         warnings.append("every label is background only (value 0); nothing to learn")
@@ -536,25 +714,63 @@ def build_datalist(
             f"{foreground[-1] + 1} output channels (or remap the labels to 1..{len(foreground)})"
         )
     entries = [
-        {"image": relative_path(pair.image, out), "label": relative_path(pair.label, out), "case_id": pair.case_id}
+        {"image": _image_field(pair, out), "label": relative_path(pair.label, out), "case_id": pair.case_id}
         for pair, _ in listed
     ]
     if table is not None:
         warnings += _add_classes(entries, table)
-    entries = assign_entry_folds(entries, folds, seed, stratify_by=table.columns[0] if table else None)
-    modalities = {modality for _, modality in listed}
-    modality = modalities.pop() if len(modalities) == 1 and None not in modalities else "image"
-    content = {
-        "name": root.resolve().name,
-        "description": "Image/label pairs listed by medseg3d datalist (docs/data.md)",
-        "generator": GENERATOR,
-        "tensorImageSize": "3D",
-        "modality": {"0": modality},
-        "labels": labels,
-        "folds": folds,
-        "seed": seed,
-        "training": entries,
-        "rejected": [{"path": relative_path(r.path, out), "reason": r.reason} for r in rejected],
-    }
+    if fold_of is not None:
+        entries = [{**entry, "fold": fold_of[entry["case_id"]]} for entry in entries]
+    else:
+        entries = assign_entry_folds(entries, folds, seed, stratify_by=table.columns[0] if table else None)
+    if nnunet is None:
+        modalities = {modality for _, modality in listed}
+        modality = modalities.pop() if len(modalities) == 1 and None not in modalities else "image"
+        content = {
+            "name": root.resolve().name,
+            "description": "Image/label pairs listed by medseg3d datalist (docs/data.md)",
+            "generator": GENERATOR,
+            "tensorImageSize": "3D",
+            "modality": {"0": modality},
+            "labels": labels,
+            "folds": folds,
+            "seed": seed,
+        }
+    else:
+        content = _nnunet_content(nnunet, root, out, labels, folds, seed if fold_of is None else None)
+    content["training"] = entries
+    test = [{"case_id": pair.case_id, "image": _image_field(pair, out)} for pair in tests]
+    if nnunet is not None and (root / "imagesTs").is_dir():
+        content["test"] = test
+    content["rejected"] = [{"path": relative_path(r.path, out), "reason": r.reason} for r in rejected]
     write_dataset_json(out, content)
-    return DatalistResult(path, entries, rejected, labels, folds, warnings, table.columns if table else [])
+    return DatalistResult(path, entries, rejected, labels, folds, warnings, table.columns if table else [], test,
+                          nnunet.splits if fold_of is not None else None)  # fmt: skip
+
+
+def _nnunet_content(
+    dataset: NnunetDataset, root: Path, out: Path, labels: dict[str, str], folds: int, seed: int | None
+) -> dict[str, Any]:
+    """The metadata of an nnU-Net dataset's listing: its name, channels and labels as nnU-Net names them (``labels``
+    name -> value, as nnU-Net and ``prep_brats`` write it), the regions of a region-based dataset, and where its
+    folds come from (``seed``, or ``splits`` for ``splits_final.json``)."""
+    channels = len(dataset.channel_names)
+    content: dict[str, Any] = {
+        "name": dataset.name,
+        "description": f"nnU-Net v2 dataset {root.resolve().name} listed by medseg3d datalist (docs/nnunet.md)",
+        "generator": GENERATOR,
+        "source_format": "nnU-Net v2",
+        "tensorImageSize": "4D" if channels > 1 else "3D",
+        "channel_names": dict(dataset.channel_names),
+        "modality": dict(dataset.channel_names),
+        "labels": {name: int(value) for value, name in labels.items()},
+    }
+    if dataset.regions:
+        content["regions"] = {name: list(values) for name, values in dataset.regions.items()}
+        content["regions_class_order"] = list(dataset.regions_class_order or [])
+    content["folds"] = folds
+    if seed is None:
+        content["splits"] = relative_path(dataset.splits, out)
+    else:
+        content["seed"] = seed
+    return content

@@ -6,7 +6,8 @@ files. :func:`find_scans` turns every entry into a :class:`ScanCase` (a bad entr
 is reported, never skipped), :func:`read_scan` reads one into a :class:`Scan` (float32, (C, X, Y, Z) in the file's
 own index order, voxel -> RAS affine) and :func:`write_label` writes a label map of that grid so that it lies voxel
 for voxel on the input: same shape, same affine, same orientation, whether the input is LPS, RAS or oblique.
-The on-disk rules are in ``docs/inference.md``.
+nnU-Net's channel files (``<case>_0000.nii.gz`` ... in ``imagesTs/``) are grouped into one case ``<case>`` by
+``medseg3d.data.nnunet``'s rule. The on-disk rules are in ``docs/inference.md`` and ``docs/nnunet.md``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medseg3d.core.constants import MODALITIES, MODALITY_ALIASES, NIFTI_EXTENSIONS, SEG_ALIASES
+from medseg3d.core.constants import IMAGE_EXTENSIONS, MODALITIES, MODALITY_ALIASES, NIFTI_EXTENSIONS, SEG_ALIASES
 from medseg3d.core.errors import InputError
 from medseg3d.core.io import atomic_path, save_nifti
 from medseg3d.data.brats import (
@@ -34,6 +35,7 @@ from medseg3d.data.brats import (
     safe_case_id,
     unique_case_ids,
 )
+from medseg3d.data.nnunet import channel_problem, group_channel_files
 from medseg3d.data.reader import (
     ImageData,
     check_same_grid,
@@ -209,6 +211,41 @@ def _file_case(path: Path, expect: str) -> ScanCase:
     return ScanCase(safe_case_id(path.name), "image", path, problem=NOT_AN_IMAGE)
 
 
+def _channel_cases(files: Sequence[Path], expect: str) -> tuple[list[ScanCase], set[Path]]:
+    """The cases of nnU-Net channel files ``<case>_XXXX<ext>`` among ``files`` (loose files of one folder), and the
+    files they take.
+
+    brats (4 channels): the files of a case that has a ``_0000`` file or several channel files are grouped, in
+    channel order, into one case ``<case>``; unless they are exactly ``_0000`` to ``_0003``, one each, the case
+    carries a ``problem`` naming the missing (or extra, or repeated) files. A lone ``<name>_0007.nii.gz`` stays a
+    file of its own (it may hold 4 channels). image (1 channel): a case whose only channel file is ``<case>_0000``
+    is named ``<case>``; several channel files of one case stay cases of their own, under their full names, as a
+    folder of numbered scans (``ct_0000``, ``ct_0001``, ...) needs, with a warning when they may be channels.
+    """
+    extensions = NIFTI_EXTENSIONS if expect == "brats" else IMAGE_EXTENSIONS
+    cases: list[ScanCase] = []
+    taken: set[Path] = set()
+    for case_id, channels in group_channel_files(files, extensions).items():
+        paths = [path for found in channels.values() for path in found]
+        if expect == "image":
+            if list(channels) == [0] and len(paths) == 1:
+                cases.append(ScanCase(safe_case_id(case_id), "image", paths[0], (paths[0],)))
+                taken.add(paths[0])
+            elif 0 in channels and len(paths) > 1:
+                logger.warning("%s: named like the channels of one nnU-Net case %s; a single-channel model reads "
+                               "each as a case of its own", ", ".join(p.name for p in paths), case_id)  # fmt: skip
+            continue
+        if 0 not in channels and len(paths) == 1:
+            continue
+        problem = channel_problem(case_id, channels, MODALITIES)
+        ordered = tuple(found[0] for found in channels.values())
+        edition = edition_of_case_id(case_id)
+        cases.append(ScanCase(safe_case_id(case_id), "brats", ordered[0], ordered, edition=edition,
+                              problem=problem[1] if problem else None))  # fmt: skip
+        taken.update(paths)
+    return cases, taken
+
+
 def _folder_cases(entry: Path, expect: str, skip: _Excluder) -> list[ScanCase]:
     """Every case under the folder ``entry`` of INPUT (recursively); one problem case if there is none."""
     base_id = safe_case_id(entry.name)
@@ -226,7 +263,9 @@ def _folder_cases(entry: Path, expect: str, skip: _Excluder) -> list[ScanCase]:
             if is_case:
                 cases.append(_brats_folder_case(entry, folder, modality))
             else:  # e.g. a prepared imagesTs/ folder: 4-channel files; segmentations are not inputs
-                cases += [_file_case(f, expect) for f in files if is_nifti(f) and f not in modality]
+                loose = [f for f in files if is_nifti(f) and f not in modality]
+                grouped, taken = _channel_cases(loose, expect)  # nnU-Net's imagesTs/: <case>_0000 ... _0003
+                cases += grouped + [_file_case(f, expect) for f in loose if f not in taken]
         problem = f"no BraTS case found in this folder or below it; {NOT_A_BRATS_INPUT}"
     return cases or [ScanCase(base_id, "dicom" if expect == "image" else "brats", entry, problem=problem)]
 
@@ -243,8 +282,10 @@ def find_scans(input_dir: Path, expect: str = "image", exclude: Sequence[Path] =
 
     Args:
         input_dir: a folder of cases, or one case (an image file, a DICOM series folder, a BraTS case folder).
-        expect: ``"image"`` for single-channel models (image files and DICOM series) or ``"brats"`` for
-            four-modality models (BraTS case folders of any edition, 4-channel NIfTI files with channels last).
+        expect: ``"image"`` for single-channel models (image files and DICOM series; an nnU-Net ``<case>_0000``
+            file is case ``<case>``) or ``"brats"`` for four-modality models (BraTS case folders of any edition,
+            4-channel NIfTI files with channels last, nnU-Net's ``<case>_0000`` to ``<case>_0003`` files as one case
+            ``<case>``: :func:`_channel_cases`).
         exclude: paths to leave out, with everything below them (the OUTPUT folder when it lies inside INPUT).
             Hidden files and folders are always left out.
 
@@ -279,6 +320,11 @@ def find_scans(input_dir: Path, expect: str = "image", exclude: Sequence[Path] =
             cases.append(_brats_folder_case(input_dir, input_dir, modality))
     used = {f for case in cases for f in case.files}
     companions = set().union(*(_companions(f) for f in files))
+    if not (own_case and expect == "brats"):  # loose files that become cases: nnU-Net channel files grouped
+        loose = [f for f in files if f not in used and f not in companions and f not in unreadable]
+        grouped, taken = _channel_cases(loose, expect)
+        cases += grouped
+        used |= taken
     for entry in entries:
         if entry.is_dir():
             cases += _folder_cases(entry, expect, skip)
