@@ -104,6 +104,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from medseg3d.bundle.workflow import find_run, resume_workflow, run_bundle, run_workflow
 
     overrides = parse_overrides(args.overrides)
+    if args.tracking is not None:
+        overrides["experiment_tracking"] = args.tracking
     if args.resume is None:
         if args.bundle is None:
             raise ValueError("give --bundle DIR (a new run) or --resume [RUN_DIR] (continue one)")
@@ -288,6 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="all|K[,K...]",
         help="train each fold in turn (all, or a list like 0,2) and write cv_summary.csv (mean +- std)",
+    )
+    train.add_argument(
+        "--tracking",
+        choices=("mlflow",),
+        default=None,
+        help="also track the run in MLflow (config, metrics per epoch, files; store: runs/<bundle>/mlruns.db)",
     )
     train.set_defaults(func=cmd_train)
 

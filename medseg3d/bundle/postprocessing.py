@@ -152,6 +152,20 @@ def select_rules(
     return record
 
 
+def label_values_of(labels: Mapping[str, Any]) -> list[int]:
+    """The foreground label values of a ``dataset.json`` ``labels`` field in either form: name -> value
+    (``prep_brats``, nnU-Net) or value -> name (``medseg3d datalist``).
+
+    >>> label_values_of({"background": 0, "NCR": 1, "ED": 2}), label_values_of({"0": "background", "1": "aorta"})
+    ([1, 2], [1])
+    """
+    if labels and all(str(key).isdigit() for key in labels):
+        values = [int(key) for key in labels]
+    else:
+        values = [int(v) for v in labels.values() if isinstance(v, int) or str(v).isdigit()]
+    return sorted(v for v in set(values) if v != 0)
+
+
 def _plain(rules: Mapping[Any, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     return {str(key): dict(rule) for key, rule in rules.items()}
 
@@ -181,7 +195,7 @@ def choose_postprocessing(
             (pred.array[0].astype(np.uint8), truth.array[0].astype(np.uint8), spacing_from_affine(truth.affine))
         )
     regions = bool(dataset.get("regions"))
-    labels = sorted(int(v) for v in dataset.get("labels", {}).values() if int(v) != 0)
+    labels = label_values_of(dataset.get("labels", {}))
     record = select_rules(cases, labels, regions, default=default)
     record.update(folds=list(folds), dataset_dir=str(dataset_dir))
     write_json(record, Path(cv_dir) / POSTPROCESSING_FILE)

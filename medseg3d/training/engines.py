@@ -29,7 +29,9 @@ from medseg3d.training.handlers import (
     GradientClipping,
     LoadWeights,
     MetricsCSV,
+    MLflowTracking,
     RunRecord,
+    TensorBoardMetrics,
     TimeBudget,
     ValidationSchedule,
 )
@@ -80,6 +82,10 @@ class TrainHandlers:
         loss: the training loss; a ``MultitaskLoss`` gets its ``MultitaskSchedule`` (lambda follows the epochs).
         grad_clip_norm: clip the gradients' global norm to this before each optimizer step
             (``GradientClipping``); None: no clipping.
+        tracking: ``mlflow``: also track the run in MLflow (``MLflowTracking``); None: TensorBoard and the run
+            folder only (``TensorBoardMetrics`` always writes every metrics.csv column and a validation case).
+        tracking_uri: MLflow's store (None: ``sqlite:///<output_dir>/../mlruns.db``).
+        experiment_name: MLflow's experiment (the bundle's name).
     """
 
     def __init__(
@@ -100,7 +106,12 @@ class TrainHandlers:
         run_start: float | None = None,
         loss: torch.nn.Module | None = None,
         grad_clip_norm: float | None = None,
+        tracking: str | None = None,
+        tracking_uri: str | None = None,
+        experiment_name: str = "medseg3d",
     ) -> None:
+        if tracking not in (None, "mlflow"):
+            raise ValueError(f"experiment_tracking must be null or 'mlflow', got {tracking!r}")
         rank = get_rank() if rank is None else rank
         self.schedule = ValidationSchedule(
             evaluator, patch_evaluator=patch_evaluator, time_share=val_time_share, interval=val_interval
@@ -151,6 +162,12 @@ class TrainHandlers:
                 log_dir=os.path.join(output_dir, "tensorboard"), tag_name="train_loss", output_transform=loss
             ),
             self.metrics_csv,
+            TensorBoardMetrics(output_dir, self.metrics_csv, evaluator),
+            None
+            if tracking is None or rank > 0
+            else MLflowTracking(
+                output_dir, self.metrics_csv, tracking_uri=tracking_uri, experiment_name=experiment_name
+            ),
             Curves(output_dir),
             self.checkpoints,
             GracefulStop(self.checkpoints, resume_hint=resume_hint),

@@ -11,6 +11,7 @@ from medseg3d.training.handlers.load_weights import LoadWeights
 from medseg3d.training.handlers.metrics_csv import MetricsCSV
 from medseg3d.training.handlers.run_record import RunRecord
 from medseg3d.training.handlers.time_budget import TimeBudget
+from medseg3d.training.handlers.tracking import MLflowTracking, TensorBoardMetrics
 from medseg3d.training.handlers.validation_schedule import ValidationSchedule
 
 __all__ = [
@@ -20,8 +21,10 @@ __all__ = [
     "GracefulStop",
     "GradientClipping",
     "LoadWeights",
+    "MLflowTracking",
     "MetricsCSV",
     "RunRecord",
+    "TensorBoardMetrics",
     "TimeBudget",
     "ValidationSchedule",
     "exit_if_interrupted",
