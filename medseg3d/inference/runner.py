@@ -252,7 +252,11 @@ class BatchRunner:
         row.update(self._class_columns())
         if self.preview:
             path = self.output_dir / "previews" / f"{case.case_id}.png"
-            save_preview(scan.array, labels, path, case.case_id, window=self.preview_window)
+            segments = segment_specs(self._written_labels(case), self.segments)
+            save_preview(
+                scan.array, written, path, case.case_id, window=self.preview_window, affine=scan.affine,
+                segments=segments,
+            )  # fmt: skip
         row["seconds"] = round(time.perf_counter() - start, 2)
         return row
 

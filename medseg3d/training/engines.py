@@ -33,6 +33,7 @@ from medseg3d.training.handlers import (
     RunRecord,
     TensorBoardMetrics,
     TimeBudget,
+    TrainingProgress,
     ValidationSchedule,
 )
 from medseg3d.training.multitask import MultitaskLoss, MultitaskSchedule
@@ -86,6 +87,8 @@ class TrainHandlers:
             folder only (``TensorBoardMetrics`` always writes every metrics.csv column and a validation case).
         tracking_uri: MLflow's store (None: ``sqlite:///<output_dir>/../mlruns.db``).
         experiment_name: MLflow's experiment (the bundle's name).
+        progress: a progress bar over each epoch's iterations (``TrainingProgress``); None: when stderr is a
+            terminal.
     """
 
     def __init__(
@@ -109,6 +112,7 @@ class TrainHandlers:
         tracking: str | None = None,
         tracking_uri: str | None = None,
         experiment_name: str = "medseg3d",
+        progress: bool | None = None,
     ) -> None:
         if tracking not in (None, "mlflow"):
             raise ValueError(f"experiment_tracking must be null or 'mlflow', got {tracking!r}")
@@ -156,6 +160,7 @@ class TrainHandlers:
             self.schedule,
             # name None: the trainer's logger, through the root handlers (console and the run's log file)
             StatsHandler(name=None, tag_name="train_loss", output_transform=loss),
+            TrainingProgress(progress),
             None
             if rank > 0
             else TensorBoardStatsHandler(

@@ -8,7 +8,14 @@ from typing import Any
 from monai.handlers import CheckpointSaver, MLFlowHandler, StatsHandler, TensorBoardHandler
 
 from medseg3d.core.ranks import get_rank
-from medseg3d.training.handlers import Checkpoints, Curves, MetricsCSV, RunRecord, TensorBoardMetrics
+from medseg3d.training.handlers import (
+    Checkpoints,
+    Curves,
+    MetricsCSV,
+    RunRecord,
+    TensorBoardMetrics,
+    TrainingProgress,
+)
 
 
 def rank_zero_writers() -> tuple[type, ...]:
@@ -18,7 +25,7 @@ def rank_zero_writers() -> tuple[type, ...]:
     themselves and must run on every rank. A TensorBoard handler opens its events file when it is built,
     before any filtering: the config builds it on rank 0 only (``_disabled_`` on the other ranks).
     """
-    writers = (RunRecord, MetricsCSV, Curves, Checkpoints, TensorBoardMetrics)
+    writers = (RunRecord, MetricsCSV, Curves, Checkpoints, TensorBoardMetrics, TrainingProgress)
     return (*writers, StatsHandler, TensorBoardHandler, CheckpointSaver, MLFlowHandler)
 
 

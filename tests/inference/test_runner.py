@@ -21,9 +21,10 @@ from medseg3d.bundle.infer import default_checkpoint, infer_overrides
 from medseg3d.cli import main
 from medseg3d.core.checkpoint_format import save_checkpoint
 from medseg3d.core.errors import InputError
-from medseg3d.data.label_formats import read_dicom_seg
+from medseg3d.data.label_formats import read_dicom_seg, segment_specs
 from medseg3d.data.synth_brats import write_brats_tree
 from medseg3d.inference.predictor import Predictor, checkpoint_list, logits_to_labels
+from medseg3d.inference.preview import radiological_views, save_preview
 from medseg3d.inference.runner import label_volumes
 from medseg3d.networks import res_unet
 from medseg3d.transforms.array import regions_to_labels
@@ -457,3 +458,42 @@ def test_a_cross_validation_run_is_an_ensemble_with_its_chosen_postprocessing(ba
     assert np.array_equal(read("cv_out"), read("explicit"))
     assert np.array_equal(read("override"), read("raw"))
     assert not np.array_equal(read("cv_out"), read("raw"))
+
+
+def test_previews_are_in_radiological_orientation_whatever_the_voxel_order() -> None:
+    """A marker at the patient's right, anterior, superior corner lands top-left in the axial view (right on the
+    image's left, anterior up), top-left in coronal (right on the left, superior up) and top-left in sagittal
+    (anterior on the left, superior up), for a RAS and an LPS scan alike."""
+    labels = np.zeros((10, 12, 8), np.uint8)
+    labels[3:7, 3:9, 2:6] = 1
+    for affine in (np.diag([1.0, 1.0, 2.0, 1.0]), np.diag([-1.0, -1.0, 2.0, 1.0])):
+        volume = np.zeros((10, 12, 8), np.float32)
+        # the voxel of most R, A and S inside the structure's slices: index order depends on the affine
+        i = 6 if affine[0, 0] > 0 else 3
+        j = 8 if affine[1, 1] > 0 else 3
+        volume[i, j, :] = 5.0  # a rod along S through (R, A)
+        volume[i, :, 5] = 7.0  # a bar along A at the top of the structure
+        views = radiological_views(volume, labels, affine)
+        axial, _, aspect = views["axial"]
+        assert aspect == 1.0 and axial.shape == (12, 10)
+        rows, cols = np.nonzero(axial == 5.0)
+        assert rows.min() == 12 - 1 - 8 and cols.min() == 10 - 1 - 6  # towards the top-left
+        coronal, _, aspect = views["coronal"]
+        assert aspect == 2.0 and coronal.shape == (8, 10)
+        assert coronal[8 - 1 - 5, 10 - 1 - 6] == 7.0
+        # sagittal: through the structure's centre (RAS i = 4, mean of 3..6 rounded); a bar along A at k = 5
+        centre = 4 if affine[0, 0] > 0 else 10 - 1 - 4
+        volume[centre, :, 5] = 9.0
+        sagittal = radiological_views(volume, labels, affine)["sagittal"][0]
+        assert sagittal.shape == (8, 12) and (sagittal[8 - 1 - 5] == 9.0).all()
+        volume[centre, j, :] = 11.0  # a rod along S at the most anterior voxel: the left of the view
+        sagittal = radiological_views(volume, labels, affine)["sagittal"][0]
+        assert (sagittal[:, 12 - 1 - 8] == 11.0).all()
+
+
+def test_a_preview_has_its_legend(tmp_path: Path) -> None:
+    labels = np.zeros((10, 12, 8), np.uint8)
+    labels[3:7, 3:9, 2:6] = 4
+    specs = segment_specs({"NCR": 1, "ED": 2, "ET": 4}, {"ET": {"colour": [255, 220, 0]}})
+    path = save_preview(np.ones((1, 10, 12, 8), np.float32), labels, tmp_path / "p.png", "c", segments=specs)
+    assert path.stat().st_size > 1000

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from ignite.engine import Engine
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from medseg3d.bundle.workflow import run_bundle
-from medseg3d.training.handlers.tracking import metric_tags, middle_slices
+from medseg3d.training.handlers.tracking import TrainingProgress, metric_tags, middle_slices
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "brats_mri_resunet_3d"
 TINY = {
@@ -74,3 +76,16 @@ def test_middle_slices_shows_image_label_and_prediction_side_by_side() -> None:
     assert panel.shape == (3, 10, 36) and 0 <= panel.min() and panel.max() <= 1
     assert panel[0, 3, 12 + 3] == pytest.approx(2 / 2) and panel[0, 2, 12 + 2] == pytest.approx(1 / 2)
     assert panel[0, 2, 24 + 2] == pytest.approx(2 / 2) and panel[0, 5, 24 + 5] == 0
+
+
+def test_a_progress_bar_only_for_a_terminal(capsys) -> None:
+    def step(engine, batch):
+        return [{"loss": torch.tensor(0.25 * batch)}]
+
+    for interactive, shown in ((True, True), (False, False)):
+        engine = Engine(step)
+        TrainingProgress(interactive).attach(engine)
+        engine.run([1, 2, 3], max_epochs=1)
+        err = capsys.readouterr().err
+        assert ("train" in err and "loss=0.75" in err) == shown, err
+    assert TrainingProgress().interactive is False  # pytest's stderr is not a terminal

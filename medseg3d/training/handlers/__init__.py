@@ -11,7 +11,7 @@ from medseg3d.training.handlers.load_weights import LoadWeights
 from medseg3d.training.handlers.metrics_csv import MetricsCSV
 from medseg3d.training.handlers.run_record import RunRecord
 from medseg3d.training.handlers.time_budget import TimeBudget
-from medseg3d.training.handlers.tracking import MLflowTracking, TensorBoardMetrics
+from medseg3d.training.handlers.tracking import MLflowTracking, TensorBoardMetrics, TrainingProgress
 from medseg3d.training.handlers.validation_schedule import ValidationSchedule
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "RunRecord",
     "TensorBoardMetrics",
     "TimeBudget",
+    "TrainingProgress",
     "ValidationSchedule",
     "exit_if_interrupted",
     "ignore_stop_signals",

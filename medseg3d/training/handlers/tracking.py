@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import ProgressBar
 from monai.handlers import MLFlowHandler
 from torch.utils.tensorboard import SummaryWriter
 
@@ -95,6 +97,29 @@ def middle_slices(image: Any, label: Any, pred: Any) -> np.ndarray:
     top = max(float(lab.max()), float(out.max()), 1.0)
     panels += [lab[:, :, z] / top, out[:, :, z] / top]
     return np.repeat(np.concatenate(panels, axis=1)[None], 3, axis=0)
+
+
+class TrainingProgress:
+    """A progress bar over each epoch's iterations with the running loss (ignite's tqdm ``ProgressBar``), for a
+    person watching a terminal; the log lines (``StatsHandler``) stay for log files and batch jobs.
+
+    ``interactive``: None decides by whether stderr is a terminal (``sys.stderr.isatty()``), so a SLURM job's
+    log gets no bar.
+    """
+
+    def __init__(self, interactive: bool | None = None) -> None:
+        self.interactive = sys.stderr.isatty() if interactive is None else bool(interactive)
+
+    def attach(self, engine: Engine) -> None:
+        if self.interactive:
+            ProgressBar(persist=False, desc="train").attach(engine, output_transform=lambda out: _loss_of(out))
+
+
+def _loss_of(output: Any) -> dict[str, float]:
+    """The loss of a trainer's iteration output (a list of per-sample dicts, or one dict), for the bar."""
+    first = output[0] if isinstance(output, list) and output else output
+    loss = first.get("loss") if isinstance(first, Mapping) else None
+    return {"loss": float(loss)} if loss is not None else {}
 
 
 class TensorBoardMetrics:
