@@ -129,17 +129,22 @@ def _snapshot(run_dir: Path, budget: float) -> Path:
     return target
 
 
-def held_out_scores(bundle: str, checkpoint: Path, raw: Path, out: Path, overrides: list[str] = ()) -> dict:
+def held_out_scores(
+    bundle: str, checkpoint: Path | list[Path], raw: Path, out: Path, overrides: list[str] = ()
+) -> dict:
     """``medseg3d infer`` then ``medseg3d evaluate`` over a held-out tree; mean Dice and volume errors (whole
-    tumour for BraTS, aorta for CT)."""
-    if not checkpoint.is_file():
-        return {"error": f"no checkpoint {checkpoint.name}"}
+    tumour for BraTS, aorta for CT). ``checkpoint``: a file, a (cross-validation) run folder, or several (an
+    ensemble)."""
+    checkpoints = [checkpoint] if isinstance(checkpoint, Path) else list(checkpoint)
+    missing = [c for c in checkpoints if not c.exists()]
+    if missing:
+        return {"error": f"no checkpoint {missing[0].name}"}
     shutil.rmtree(out, ignore_errors=True)
     images, truth = (raw / "imagesTr", raw / "labelsTr") if bundle == "ct" else (raw, raw)
     start = time.monotonic()
     subprocess.run(
-        [*MEDSEG3D, "infer", "--bundle", str(BUNDLES[bundle]), "--checkpoint", str(checkpoint), str(images), str(out),
-         *overrides],
+        [*MEDSEG3D, "infer", str(images), str(out), "--bundle", str(BUNDLES[bundle]), "--checkpoint",
+         *map(str, checkpoints), *overrides],
         check=True,
         stdout=subprocess.DEVNULL,
     )  # fmt: skip

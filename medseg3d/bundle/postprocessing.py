@@ -33,7 +33,7 @@ from medseg3d.core.errors import InputError
 from medseg3d.core.io import config_path, write_json
 from medseg3d.data.dataset_json import read_dataset_json
 from medseg3d.data.reader import read_label
-from medseg3d.metrics import brats_case_metrics, labels_case_metrics, spacing_from_affine
+from medseg3d.metrics import brats_region_masks, detection_counts, dice, lesion_wise, spacing_from_affine
 from medseg3d.ops.components import ALL, parse_rules, postprocess_labels
 
 logger = logging.getLogger(__name__)
@@ -101,22 +101,18 @@ def score(
     counts: dict[str, list[int]] = {}
     for pred, truth, spacing in cases:
         processed = postprocess_labels(pred, rules) if rules else pred
-        if regions:
-            row = brats_case_metrics(processed, truth, spacing, convention="2023")
-            names = ("WT", "TC", "ET")
-            dices += [float(row[f"{n}_dice"]) for n in names]
-            for n in names:
-                tp, fp, fn = (int(row[f"{n}_lesion_{k}"]) for k in ("tp", "fp", "fn"))
-                counts.setdefault(n, [0, 0, 0])
-                counts[n] = [a + b for a, b in zip(counts[n], (tp, fp, fn), strict=True)]
+        if regions:  # Dice and lesion counts only: HD95 and the rest of brats_case_metrics would be wasted here
+            pred_masks, truth_masks = brats_region_masks(processed, "2023"), brats_region_masks(truth, "2023")
+            found = {n: lesion_wise(pred_masks[n], truth_masks[n], spacing) for n in pred_masks}
+            per_name = {n: (dice(pred_masks[n], truth_masks[n]), (f.tp, f.fp, f.fn)) for n, f in found.items()}
         else:
-            row = labels_case_metrics(processed, truth, spacing)
-            values = sorted({int(k.split("_")[0]) for k in row})
-            dices += [float(row[f"{v}_dice"]) for v in values]
-            for v in values:
-                tp, fp, fn = (int(row[f"{v}_{k}"]) for k in ("hits", "fp_components", "misses"))
-                counts.setdefault(str(v), [0, 0, 0])
-                counts[str(v)] = [a + b for a, b in zip(counts[str(v)], (tp, fp, fn), strict=True)]
+            per_name = {}
+            for v in sorted((set(np.unique(truth).tolist()) | set(np.unique(processed).tolist())) - {0}):
+                hits = detection_counts(processed == v, truth == v)
+                per_name[str(v)] = (dice(processed == v, truth == v), (hits.hits, hits.fp_components, hits.misses))
+        for name, (value, tp_fp_fn) in per_name.items():
+            dices.append(float(value))
+            counts[name] = [a + b for a, b in zip(counts.get(name, [0, 0, 0]), tp_fp_fn, strict=True)]
     f1 = [2 * tp / (2 * tp + fp + fn) if (tp + fp + fn) else 1.0 for tp, fp, fn in counts.values()]
     finite = [d for d in dices if np.isfinite(d)]
     return {"mean_dice": float(np.mean(finite)) if finite else float("nan"), "lesion_f1": float(np.mean(f1))}
