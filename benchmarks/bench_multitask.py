@@ -134,7 +134,7 @@ def main() -> int:
     parser.add_argument("--held-out", type=int, default=8, help="held-out phantoms of seed 1000 (8: 3 LGG, 5 HGG)")
     parser.add_argument("--shape", type=int, nargs=3, default=SHAPE, metavar=("X", "Y", "Z"))
     parser.add_argument("--budget", type=float, default=900.0, help="training seconds per model (900)")
-    parser.add_argument("--weightings", nargs="+", default=["dynamic"], choices=["dynamic", "fixed", "uncertainty"])
+    parser.add_argument("--weightings", nargs="+", default=["fixed"], choices=["dynamic", "fixed", "uncertainty"])
     parser.add_argument("--work", type=Path, default=None, help="working folder (kept; data reused when there)")
     parser.add_argument(
         "--skip-segmentation", action="store_true", help="multitask models only (the baseline ran before)"

@@ -57,7 +57,7 @@ class MultitaskLoss(nn.Module):
     Args:
         seg_loss: the bundle's segmentation loss (``make_loss``).
         seg_channels: C, the segmentation channels.
-        weighting: ``fixed``, ``dynamic`` or ``uncertainty``.
+        weighting: ``fixed`` (the bundles' measured default), ``dynamic`` or ``uncertainty``.
         cls_weight: the weight of L_cls (``fixed``).
         sigma: sigma of ``dynamic``.
         class_weights: a weight per class in the cross-entropy, or None.
@@ -74,7 +74,7 @@ class MultitaskLoss(nn.Module):
         self,
         seg_loss: nn.Module,
         seg_channels: int,
-        weighting: str = "dynamic",
+        weighting: str = "fixed",
         cls_weight: float = 1.0,
         sigma: float = 0.1,
         class_weights: Sequence[float] | None = None,
