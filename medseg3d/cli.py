@@ -148,6 +148,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         overrides=args.overrides,
         output_format=args.output_format,
         save_probabilities=args.save_probabilities,
+        shard=args.shard,
     )
 
 
@@ -319,6 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="weights: a run's checkpoints/best.pt or a bare state dict (default: the bundle's models/model.pt, "
         "else best.pt of the newest run under ./runs/<bundle name>); several, a run folder or a cross-validation "
         "run folder: an ensemble (probabilities averaged)",
+    )
+    infer.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="only shard I of N of the cases, by a hash of the case id (a SLURM array task: "
+        "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT); the last shard to finish writes summary.csv",
     )
     infer.add_argument(
         "--save_probabilities",

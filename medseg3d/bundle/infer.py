@@ -17,7 +17,7 @@ from medseg3d.core.io import config_path
 from medseg3d.core.overrides import parse_overrides
 from medseg3d.core.ranks import finalize_distributed, init_distributed, local_device
 from medseg3d.data.label_formats import check_formats
-from medseg3d.inference.runner import SUMMARY, failed_count, seconds_per_case
+from medseg3d.inference.runner import SUMMARY, failed_count, parse_shard, seconds_per_case, summary_part
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ def infer_overrides(
     resume: bool = False,
     output_format: Sequence[str] | None = None,
     save_probabilities: bool = False,
+    shard: str | None = None,
 ) -> dict[str, Any]:
     """The inference config overrides that ``medseg3d infer``'s flags stand for.
 
@@ -83,6 +84,9 @@ def infer_overrides(
         overrides["output_format"] = check_formats(output_format)
     if save_probabilities:
         overrides["save_probabilities"] = True
+    if shard is not None:
+        index, count = parse_shard(shard)
+        overrides["shard"] = f"{index}/{count}"
     if overlap is not None:
         if not 0 <= overlap < 1:
             raise ValueError(f"--overlap must be in [0, 1), got {overlap}")
@@ -103,6 +107,7 @@ def infer_folder(
     overrides: Sequence[str] | Mapping[str, Any] = (),
     output_format: Sequence[str] | None = None,
     save_probabilities: bool = False,
+    shard: str | None = None,
 ) -> int:
     """Run the bundle's ``inference`` workflow on ``input_dir``; print the summary; return the exit code
     (0 when every case is ok or skipped, 1 when any failed).
@@ -126,7 +131,17 @@ def infer_folder(
         weights = weights[0] if len(weights) == 1 else weights
     settings = {
         **infer_overrides(
-            input_dir, output_dir, weights, device, overlap, tta, preview, resume, output_format, save_probabilities
+            input_dir,
+            output_dir,
+            weights,
+            device,
+            overlap,
+            tta,
+            preview,
+            resume,
+            output_format,
+            save_probabilities,
+            shard,
         ),
         **extra,
     }
@@ -148,10 +163,12 @@ def infer_folder(
             finalize_distributed()
     failed = failed_count(rows)
     if not distributed or int(os.environ.get("RANK", "0")) == 0:
+        parts = None if shard is None else summary_part(output_dir, parse_shard(shard))
+        written = Path(output_dir) / SUMMARY if parts is None or (Path(output_dir) / SUMMARY).is_file() else parts
         counts = {status: sum(1 for r in rows if r["status"] == status) for status in ("ok", "skipped", "failed")}
         print(
             f"{len(rows)} cases: {counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed; "
-            f"{seconds_per_case(rows):.1f} s per case; {Path(output_dir) / SUMMARY}"
+            f"{seconds_per_case(rows):.1f} s per case; {written}"
         )
         for row in rows:
             if row["status"] == "failed":

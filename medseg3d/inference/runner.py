@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import gc
+import hashlib
 import io
 import logging
 import math
@@ -61,6 +62,59 @@ def output_path(output_dir: str | os.PathLike, case_id: str) -> Path:
     'out/BraTS2021_00001.nii.gz'
     """
     return output_file(output_dir, case_id, "nifti")
+
+
+def parse_shard(text: str | Sequence[int] | None) -> tuple[int, int] | None:
+    """``"I/N"`` (task I of N, 0 <= I < N; a SLURM array's ``$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT``)
+    as ``(I, N)``; None stays None.
+
+    >>> parse_shard("2/3"), parse_shard(None)
+    ((2, 3), None)
+    """
+    if text is None:
+        return None
+    try:
+        index, count = (int(v) for v in (text.split("/") if isinstance(text, str) else text))
+    except (TypeError, ValueError):
+        raise ValueError(f"shard must be I/N (task I of N, e.g. 0/3), got {text!r}") from None
+    if not 0 <= index < count:
+        raise ValueError(f"shard {index}/{count}: expected 0 <= I < N")
+    return index, count
+
+
+def shard_of(case_id: str, count: int) -> int:
+    """The shard a case belongs to among ``count``: a hash of its id alone, so a case keeps its shard when others
+    are added or removed, and every task computes the same split without talking to the others.
+
+    >>> shard_of("BraTS2021_00000", 3) == shard_of("BraTS2021_00000", 3), shard_of("a", 1)
+    (True, 0)
+    """
+    return int.from_bytes(hashlib.sha256(case_id.encode()).digest()[:8], "big") % count
+
+
+def summary_part(output_dir: str | os.PathLike, shard: tuple[int, int]) -> Path:
+    """The summary rows of one shard: ``summary.part-<I>-of-<N>.csv`` (merged into ``summary.csv``)."""
+    return Path(output_dir) / f"{Path(SUMMARY).stem}.part-{shard[0]}-of-{shard[1]}.csv"
+
+
+def merge_summary_parts(output_dir: str | os.PathLike, count: int) -> Path | None:
+    """Write ``summary.csv`` from the ``count`` shards' parts (rows in case order, the union of their columns),
+    atomically, when every part exists; return it, or None while some shard has not finished. Any task may call
+    it: the last to finish writes the whole summary (two at once write the same file)."""
+    parts = [summary_part(output_dir, (i, count)) for i in range(count)]
+    if not all(p.is_file() for p in parts):
+        return None
+    rows, columns = [], []
+    for part in parts:
+        with open(part, newline="") as f:
+            reader = csv.DictReader(f)
+            columns += [c for c in reader.fieldnames or () if c not in columns]
+            rows += list(reader)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(sorted(rows, key=lambda row: row["case_id"]))
+    return write_text(buffer.getvalue(), Path(output_dir) / SUMMARY)
 
 
 def label_volumes(labels: np.ndarray, spacing: Sequence[float], names: Mapping[str, int]) -> dict[str, Any]:
@@ -118,6 +172,9 @@ class BatchRunner:
         dicom_modality: ``CT`` or ``MR``: the image series a DICOM SEG of a non-DICOM input comes with.
         channel_names: the input channels' names (series descriptions of that image series).
         reference_channel: the channel whose series that DICOM SEG references (BraTS: FLAIR).
+        shard: ``(I, N)`` or ``"I/N"``: run only the cases whose id hashes to shard I of N (``shard_of``; a
+            SLURM job array's task), write this shard's rows to ``summary.part-I-of-N.csv``, and when every part
+            is there, ``summary.csv`` (``merge_summary_parts``).
         save_probabilities: also write ``<case_id>.probabilities.npz``: the probabilities the labels were decoded
             from, float16, on the scan's grid (``label_formats.write_probabilities``; the predictor must keep them:
             ``keep_probabilities``); ``resume`` then needs it too.
@@ -155,6 +212,7 @@ class BatchRunner:
         channel_names: Sequence[str] = (),
         reference_channel: int = 0,
         save_probabilities: bool = False,
+        shard: str | Sequence[int] | None = None,
     ) -> None:
         if expect not in ("image", "brats"):
             raise ValueError(f"expect must be 'image' or 'brats', got {expect!r}")
@@ -186,6 +244,7 @@ class BatchRunner:
         self.channel_names = [str(n) for n in channel_names]
         self.reference_channel = int(reference_channel)
         self.save_probabilities = bool(save_probabilities)
+        self.shard = parse_shard(shard)
         self.rows: list[dict[str, Any]] = []
 
     # -- labels ---------------------------------------------------------------------------------------------
@@ -312,6 +371,8 @@ class BatchRunner:
         """Every case of ``input_dir`` (this rank's share under ``torchrun``), bad ones included."""
 
         found = find_scans(self.input_dir, expect=self.expect, exclude=[self.output_dir])
+        if self.shard is not None:
+            found = [case for case in found if shard_of(case.case_id, self.shard[1]) == self.shard[0]]
         if is_distributed():
             found = found[dist.get_rank() :: dist.get_world_size()]
         return found
@@ -372,6 +433,8 @@ class BatchRunner:
             torch.cuda.empty_cache()
 
     def _rank_summary_path(self) -> Path:
+        if self.shard is not None:
+            return summary_part(self.output_dir, self.shard)
         if is_distributed():
             return self.output_dir / f".{SUMMARY}.rank{get_rank()}"
         return self.output_dir / SUMMARY
@@ -395,6 +458,10 @@ class BatchRunner:
     def _finish(self) -> list[dict[str, Any]]:
         """Rank 0 merges every rank's rows into ``summary.csv`` (in case order) when distributed."""
 
+        if self.shard is not None:
+            merged = merge_summary_parts(self.output_dir, self.shard[1])
+            logger.info("shard %d/%d done; %s", *self.shard, merged or "summary.csv waits for the other shards")
+            return self.rows
         if not is_distributed():
             return self.rows
 

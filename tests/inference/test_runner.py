@@ -25,7 +25,7 @@ from medseg3d.data.label_formats import read_dicom_seg, segment_specs
 from medseg3d.data.synth_brats import write_brats_tree
 from medseg3d.inference.predictor import Predictor, checkpoint_list, logits_to_labels
 from medseg3d.inference.preview import radiological_views, save_preview
-from medseg3d.inference.runner import label_volumes
+from medseg3d.inference.runner import label_volumes, parse_shard, shard_of
 from medseg3d.networks import res_unet
 from medseg3d.transforms.array import regions_to_labels
 
@@ -497,3 +497,29 @@ def test_a_preview_has_its_legend(tmp_path: Path) -> None:
     specs = segment_specs({"NCR": 1, "ED": 2, "ET": 4}, {"ET": {"colour": [255, 220, 0]}})
     path = save_preview(np.ones((1, 10, 12, 8), np.float32), labels, tmp_path / "p.png", "c", segments=specs)
     assert path.stat().st_size > 1000
+
+
+def test_shards_split_the_cases_and_the_last_one_merges_the_summary(batch: Path, checkpoint: Path, first_run) -> None:
+    """``--shard I/3`` three times: every case in exactly one shard (by its id), each shard's rows in its own part,
+    and once all three are done a summary.csv equal to the one-process run's, row for row (seconds aside)."""
+    out = first_run[0].parent / "sharded"
+    ids = sorted(_rows(first_run[0]))
+    for index in range(3):
+        assert not (out / "summary.csv").exists()  # written by the last shard only
+        _infer(batch, out, checkpoint, "--preview", "--shard", f"{index}/3")
+        part = _rows_of(out / f"summary.part-{index}-of-3.csv")
+        assert all(shard_of(case_id, 3) == index for case_id in part)
+    merged, single = _rows(out), _rows(first_run[0])
+    assert sorted(merged) == ids
+    drop = lambda row: {k: v for k, v in row.items() if k != "seconds"}  # noqa: E731
+    assert [drop(merged[c]) for c in ids] == [drop(single[c]) for c in ids]
+    for case_id in ids:
+        if single[case_id]["status"] == "ok":
+            assert (out / f"{case_id}.nii.gz").read_bytes() == (first_run[0] / f"{case_id}.nii.gz").read_bytes()
+    with pytest.raises(ValueError, match="0 <= I < N"):
+        parse_shard("3/3")
+
+
+def _rows_of(path: Path) -> dict[str, dict[str, str]]:
+    with open(path, newline="") as f:
+        return {row["case_id"]: row for row in csv.DictReader(f)}
