@@ -1,5 +1,5 @@
-"""Ctrl+C (SIGINT), SIGTERM or SIGHUP: finish the current iteration, save ``last.pt``, say how to resume, exit
-non-zero."""
+"""Ctrl+C (SIGINT), SIGTERM, SIGHUP or SLURM's SIGUSR1 warning: finish the current iteration, save ``last.pt``,
+say how to resume, exit non-zero (128 + the signal)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,10 @@ from medseg3d.core.ranks import is_distributed, is_rank_zero
 
 logger = logging.getLogger(__name__)
 
-# Ctrl+C, a scheduler's or kill's SIGTERM, and the hang-up of a closed terminal or dropped ssh session.
-SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# Ctrl+C, a scheduler's or kill's SIGTERM, the hang-up of a closed terminal or dropped ssh session, and SLURM's
+# warning before the time limit (`#SBATCH --signal=B:USR1@120`, forwarded by deploy/slurm/train.sbatch, which
+# requeues the job when the run exits 128 + SIGUSR1 = 138: docs/deploy.md).
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
 
 
 def _say(message: str) -> None:
@@ -48,7 +50,7 @@ class GracefulStop:
     when it was the epoch's last; and only where no accumulated gradient would be lost, with
     ``accumulation_steps`` > 1), ``checkpoints.save_last`` writes ``last.pt``, the
     trainer terminates, and ``exit_if_interrupted`` (the bundle's last ``run`` step) exits with 128 + the
-    signal number (130 for Ctrl+C, 143 for SIGTERM, 129 for a hang-up) after printing the resume
+    signal number (130 for Ctrl+C, 143 for SIGTERM, 129 for a hang-up, 138 for SIGUSR1) after printing the resume
     command. A second signal while stopping aborts at once, with the previous ``last.pt`` intact (it is
     replaced atomically). DataLoader workers ignore these signals, so only this process decides when to
     stop; a closed terminal or pipe does not turn the stop into a crash.
@@ -84,7 +86,7 @@ class GracefulStop:
         self.received = None
         engine.state.interrupted = None
         if threading.current_thread() is not threading.main_thread():
-            logger.warning("not in the main thread: SIGINT/SIGTERM/SIGHUP will not stop training gracefully")
+            logger.warning("not in the main thread: SIGINT/SIGTERM/SIGHUP/SIGUSR1 will not stop training gracefully")
             return
         for signum in SIGNALS:
             self._previous[signum] = signal.signal(signum, self._on_signal)
