@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all bench lint robustness clean
+.PHONY: setup demo test test-all bench lint robustness cluster-test clean
 
 setup: $(STAMP)
 
@@ -22,14 +22,20 @@ demo: $(STAMP)
 	$(BIN)/medseg3d demo --out demo_out
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" --timeout 900 -q --doctest-modules medseg3d data_prep tests
+	$(BIN)/python -m pytest -m "not slow and not cluster" --timeout 900 -q --doctest-modules medseg3d data_prep tests
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest --timeout 1800 -q --doctest-modules medseg3d data_prep tests
+	$(BIN)/python -m pytest -m "not cluster" --timeout 1800 -q --doctest-modules medseg3d data_prep tests
 
 # The fault and bad-input suite (tests/robustness), its slow parts included: kills, load. Within 20 minutes.
 robustness: $(STAMP)
 	$(BIN)/python -m pytest --timeout 1200 -q tests/robustness
+	$(MAKE) cluster-test
+
+# A real one-node SLURM on this machine (installs slurm-wlm and munge with apt-get when missing, as root):
+# requeue, time-limit warning and node failure of a training job; a sharded inference array (docs/deploy.md).
+cluster-test: $(STAMP)
+	$(BIN)/python -m pytest -m cluster --timeout 1800 -q -s tests/cluster
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

@@ -92,9 +92,12 @@ def shard_of(case_id: str, count: int) -> int:
     return int.from_bytes(hashlib.sha256(case_id.encode()).digest()[:8], "big") % count
 
 
-def summary_part(output_dir: str | os.PathLike, shard: tuple[int, int]) -> Path:
-    """The summary rows of one shard: ``summary.part-<I>-of-<N>.csv`` (merged into ``summary.csv``)."""
-    return Path(output_dir) / f"{Path(SUMMARY).stem}.part-{shard[0]}-of-{shard[1]}.csv"
+def summary_part(output_dir: str | os.PathLike, shard: tuple[int, int], running: bool = False) -> Path:
+    """The summary rows of one finished shard, ``summary.part-<I>-of-<N>.csv`` (merged into ``summary.csv``), or
+    with ``running`` those of a shard still running, rewritten after each case (a killed task leaves it whole, and
+    ``merge_summary_parts`` never takes it for a finished part)."""
+    state = ".running" if running else ""
+    return Path(output_dir) / f"{Path(SUMMARY).stem}.part-{shard[0]}-of-{shard[1]}{state}.csv"
 
 
 def merge_summary_parts(output_dir: str | os.PathLike, count: int) -> Path | None:
@@ -434,7 +437,7 @@ class BatchRunner:
 
     def _rank_summary_path(self) -> Path:
         if self.shard is not None:
-            return summary_part(self.output_dir, self.shard)
+            return summary_part(self.output_dir, self.shard, running=True)
         if is_distributed():
             return self.output_dir / f".{SUMMARY}.rank{get_rank()}"
         return self.output_dir / SUMMARY
@@ -459,6 +462,8 @@ class BatchRunner:
         """Rank 0 merges every rank's rows into ``summary.csv`` (in case order) when distributed."""
 
         if self.shard is not None:
+            self._write_summary(self.rows, summary_part(self.output_dir, self.shard))
+            summary_part(self.output_dir, self.shard, running=True).unlink(missing_ok=True)
             merged = merge_summary_parts(self.output_dir, self.shard[1])
             logger.info("shard %d/%d done; %s", *self.shard, merged or "summary.csv waits for the other shards")
             return self.rows
