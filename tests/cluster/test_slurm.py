@@ -70,6 +70,18 @@ def _wait_for(predicate, what: str, timeout: float = 300.0) -> None:
     raise TimeoutError(f"waited {timeout} s for {what}")
 
 
+def _running_again(cluster, job: str) -> None:
+    """After a requeue: SLURM holds the job about a minute (its begin time); start it now, and wait until it runs."""
+
+    def running() -> bool:
+        state = cluster.state(job)
+        if state == "PENDING":
+            cluster.start_now(job)
+        return state == "RUNNING"
+
+    _wait_for(running, f"job {job} to run again")
+
+
 def _in_epoch(run_dir: Path, epoch: int, iteration: int = 3):
     """True once the run's log shows ``iteration`` of ``epoch``: the signal then lands mid-epoch."""
 
@@ -100,9 +112,11 @@ def test_a_warned_requeued_and_killed_job_ends_as_an_uninterrupted_run(cluster, 
     _wait_for(_in_epoch(run_dir, 2), "epoch 2")
     cluster.run("scancel", "--signal=USR1", "--batch", job, check=True)
     _wait_for(lambda: "requeued job" in log.read_text(errors="replace"), "the script's requeue")
+    _running_again(cluster, job)
     # 2. the scheduler requeues it (pre-emption, an admin): SIGTERM, the run saves, SLURM runs it again
     _wait_for(_in_epoch(run_dir, 3), "epoch 3 after the restart")
     cluster.run("scontrol", "requeue", job, check=True)
+    _running_again(cluster, job)
     # 3. a node failure: the run is killed outright (SIGKILL), then the job is requeued
     _wait_for(lambda: _in_epoch(run_dir, 4, 5)() and _training_pid(run_dir) is not None, "epoch 4 after 2 restarts")
     os.kill(_training_pid(run_dir), 9)
@@ -113,7 +127,7 @@ def test_a_warned_requeued_and_killed_job_ends_as_an_uninterrupted_run(cluster, 
     elapsed = time.monotonic() - start
 
     text = log.read_text()
-    assert text.count("resuming") == 3 and "SIGUSR1: saving and requeueing" in text
+    assert text.count("): resuming") == 3 and "SIGUSR1: saving and requeueing" in text
     assert int(cluster.field(job, "Restarts")) == 3
     assert _weights_hash(run_dir / "checkpoints" / "last.pt") == _weights_hash(reference / "checkpoints" / "last.pt")
     with open(run_dir / "metrics.csv", newline="") as f:
