@@ -1,8 +1,9 @@
 """Ensembles and postprocessing chosen by cross-validation, held out: each fold's model beside their ensemble.
 
-Trains the 3D BraTS bundle with ``medseg3d train --folds all --max_minutes B`` on ``--cases`` full-size BraTS
-2020 phantoms (``prep_brats --folds 4``; the data of ``bench_multitask`` is reused when there), which also
-scores the postprocessing candidates on the out-of-fold predictions (``postprocessing.json``). Then
+Trains the 3D BraTS bundle with ``medseg3d train --folds all --max_minutes B`` (or ``--folds 0,1``) on
+``--cases`` full-size BraTS 2020 phantoms (``prep_brats --folds 4``; the data of ``bench_multitask`` is reused
+when there), which also scores the postprocessing candidates on the out-of-fold predictions
+(``postprocessing.json``). Then
 ``medseg3d infer`` segments ``--held-out`` phantoms of another seed with
 
 - each fold's ``best.pt`` alone (the bundle's default postprocessing),
@@ -49,6 +50,7 @@ def main() -> int:
     parser.add_argument("--shape", type=int, nargs=3, default=SHAPE, metavar=("X", "Y", "Z"))
     parser.add_argument("--budget", type=float, default=300.0, help="training seconds per fold (300)")
     parser.add_argument("--work", type=Path, default=Path("bench_out/mt"), help="working folder (data reused)")
+    parser.add_argument("--folds", default="all", help="folds to train (all, or a list like 0,1)")
     args = parser.parse_args()
 
     work = args.work
@@ -60,8 +62,8 @@ def main() -> int:
     held = synth("brats", work / f"heldout2020_{args.held_out}_{shape_name}", args.held_out, 1000, args.shape, edition)
 
     cv = work / f"cv_{args.budget:.0f}s_{time.strftime('%Y%m%d-%H%M%S')}"
-    command = [*MEDSEG3D, "train", "--bundle", str(BUNDLES["3d"]), "--folds", "all", "--dataset_dir", str(prepared),
-               "--output_dir", str(cv), "--max_minutes", f"{args.budget / 60:g}"]  # fmt: skip
+    command = [*MEDSEG3D, "train", "--bundle", str(BUNDLES["3d"]), "--folds", args.folds, "--dataset_dir",
+               str(prepared), "--output_dir", str(cv), "--max_minutes", f"{args.budget / 60:g}"]  # fmt: skip
     print(" ".join(command), flush=True)
     start = time.monotonic()
     with open(work / f"{cv.name}_stderr.log", "w") as log:
@@ -72,8 +74,8 @@ def main() -> int:
         return 1
 
     record: dict = {"benchmark": "ensemble", "budget_per_fold_s": args.budget, "train_and_select_s": round(train_s),
-                    "case": f"{args.cases} BraTS 2020 phantoms {shape_name}, 4 folds; held-out {args.held_out} of "
-                            "seed 1000"}  # fmt: skip
+                    "case": f"{args.cases} BraTS 2020 phantoms {shape_name}, 4 folds, trained: {args.folds}; "
+                            f"held-out {args.held_out} of seed 1000"}  # fmt: skip
     folds = sorted(cv.glob("fold_*"), key=lambda p: int(p.name.split("_")[1]))
     default = ["--postprocess", DEFAULT_RULES]
     for fold in folds:

@@ -6,7 +6,9 @@ class: ``LoadImaged(keys=[...], reader=SimpleITKReader())``. So a DICOM series i
 inference, its slice positions checked, and its geometry is the one inference writes labels on. Given as
 ``reader=``, MONAI's ``LoadImage`` reads every file through it, NIfTI included (nibabel, the header's affine, as
 ``medseg3d.data.reader`` reads it everywhere), and tries its own readers only for a file this one refuses;
-``verify_suffix`` matters where MONAI picks readers by file name.
+``verify_suffix`` matters where MONAI picks readers by file name. ``load_scans`` builds the ``LoadImaged`` that
+reads through it alone: MONAI's fallback would otherwise hand a series this reader refuses (slices not evenly
+spaced) to its ``PydicomReader`` (pydicom comes with highdicom), which reads it without the check.
 
 The affine follows MONAI's convention (RAS world coordinates): ITK's LPS geometry turned into RAS by the reader.
 """
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 from monai.data import ImageReader
 from monai.data.utils import is_supported_format
+from monai.transforms import LoadImage, LoadImaged
 from monai.utils import MetaKeys, SpaceKeys
 
 from medseg3d.core.constants import ITK_EXTENSIONS
@@ -62,3 +65,18 @@ class SimpleITKReader(ImageReader):
             MetaKeys.ORIGINAL_CHANNEL_DIM: "no_channel" if len(arrays) == 1 else 0,
         }
         return (arrays[0] if len(arrays) == 1 else np.stack(arrays)), meta
+
+
+def only_simpleitk(load: LoadImage | LoadImaged) -> LoadImage | LoadImaged:
+    """``load`` (a ``LoadImage(reader=SimpleITKReader())`` or its dictionary form) with MONAI's other readers
+    removed, so a file the project's reader refuses fails with its reason instead of being read by another."""
+    loader = load._loader if isinstance(load, LoadImaged) else load  # LoadImaged keeps its LoadImage there
+    loader.readers = [reader for reader in loader.readers if isinstance(reader, SimpleITKReader)]
+    if not loader.readers:
+        raise ValueError("only_simpleitk needs a LoadImage built with reader=SimpleITKReader()")
+    return load
+
+
+def load_scans(keys: Sequence[str], **kwargs: Any) -> LoadImaged:
+    """``LoadImaged(keys, reader=SimpleITKReader(), **kwargs)`` reading through ``medseg3d.data.reader`` alone."""
+    return only_simpleitk(LoadImaged(keys=keys, reader=SimpleITKReader(), **kwargs))

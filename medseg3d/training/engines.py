@@ -19,6 +19,7 @@ from monai.engines import SupervisedEvaluator
 from monai.handlers import LrScheduleHandler, StatsHandler, TensorBoardStatsHandler, from_engine
 from monai.inferers import Inferer, SimpleInferer
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.tensorboard import SummaryWriter
 
 from medseg3d.core.ranks import get_rank
 from medseg3d.training.handlers import (
@@ -153,6 +154,9 @@ class TrainHandlers:
             save=rank == 0,
         )
         loss = from_engine(["loss"], first=True)
+        # one events file per run: MONAI's per-iteration loss and TensorBoardMetrics' epoch rows share the writer,
+        # opened here on rank 0 only (other ranks write nothing)
+        writer = None if rank > 0 else SummaryWriter(log_dir=os.path.join(output_dir, "tensorboard"))
         every = [
             RunRecord(output_dir, seed=seed),
             LrScheduleHandler(lr_scheduler, epoch_level=False, print_lr=False),
@@ -163,11 +167,9 @@ class TrainHandlers:
             TrainingProgress(progress),
             None
             if rank > 0
-            else TensorBoardStatsHandler(
-                log_dir=os.path.join(output_dir, "tensorboard"), tag_name="train_loss", output_transform=loss
-            ),
+            else TensorBoardStatsHandler(summary_writer=writer, tag_name="train_loss", output_transform=loss),
             self.metrics_csv,
-            TensorBoardMetrics(output_dir, self.metrics_csv, evaluator),
+            None if rank > 0 else TensorBoardMetrics(output_dir, self.metrics_csv, evaluator, writer=writer),
             None
             if tracking is None or rank > 0
             else MLflowTracking(

@@ -21,7 +21,7 @@ from monai.transforms import (
 
 from medseg3d.core.checkpoint_format import load_into
 from medseg3d.core.errors import InputError
-from medseg3d.data.sitk_reader import SimpleITKReader
+from medseg3d.data.sitk_reader import load_scans
 from medseg3d.networks.classifier import HEAD_PREFIX
 from medseg3d.training.optim import make_scheduler
 from medseg3d.transforms.array import NonZero
@@ -103,7 +103,7 @@ def ct_load_transforms(
     """
     image, label = keys
     return [
-        LoadImaged(keys=[image, label], image_only=True, reader=SimpleITKReader()),
+        load_scans(keys=[image, label], image_only=True),
         EnsureChannelFirstd(keys=[image, label]),
         CheckFinited(keys=image),
         *ct_preprocessing(image, label, spacing, hu_window, body_hu=body_hu),

@@ -13,7 +13,7 @@ from medseg3d.core.errors import InputError
 
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 NAMES = sorted(path.name for path in BUNDLES.iterdir() if (path / "configs" / "common.yaml").is_file())
-PLAIN = {"int": int, "number": (int, float), "bool": bool, "str": str, "list": (list, tuple)}
+PLAIN = {"int": int, "number": (int, float), "bool": bool, "str": str, "list": (list, tuple), "paths": (str, list)}
 
 
 @pytest.mark.parametrize("name", NAMES)

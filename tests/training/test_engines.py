@@ -16,8 +16,9 @@ from medseg3d.core.errors import InputError
 from medseg3d.training.engines import TrainHandlers, evaluation_handlers, plain_module, supervised_evaluator
 from medseg3d.training.handlers import EvalReport, LoadWeights
 
-ORDER = ["RunRecord", "LrScheduleHandler", "ValidationSchedule", "StatsHandler", "TensorBoardStatsHandler",
-         "MetricsCSV", "Curves", "Checkpoints", "GracefulStop"]  # fmt: skip
+ORDER = ["RunRecord", "LrScheduleHandler", "ValidationSchedule", "StatsHandler", "TrainingProgress",
+         "TensorBoardStatsHandler", "MetricsCSV", "TensorBoardMetrics", "Curves", "Checkpoints",
+         "GracefulStop"]  # fmt: skip
 
 
 def _train_handlers(tmp_path: Path, rank: int) -> TrainHandlers:
@@ -31,11 +32,12 @@ def _train_handlers(tmp_path: Path, rank: int) -> TrainHandlers:
 def test_rank0_attaches_every_handler_in_order(tmp_path: Path) -> None:
     built = _train_handlers(tmp_path, rank=0)
     assert [type(h).__name__ for h in built.handlers] == ORDER
-    assert built.handlers[5] is built.metrics_csv and built.handlers[7] is built.checkpoints
+    assert built.handlers[6] is built.metrics_csv and built.handlers[9] is built.checkpoints
+    assert built.handlers[7].metrics_csv is built.metrics_csv  # TensorBoard gets metrics.csv's row
     assert built.checkpoints.save and built.checkpoints.seed == 7
     assert built.handlers[2].interval == 2 and built.handlers[2] is built.schedule  # ValidationSchedule
     assert built.time_budget is None  # no max_minutes: no TimeBudget
-    assert built.handlers[8].checkpoints is built.checkpoints  # GracefulStop saves through them
+    assert built.handlers[10].checkpoints is built.checkpoints  # GracefulStop saves through them
     assert (tmp_path / "tensorboard").is_dir()
 
 

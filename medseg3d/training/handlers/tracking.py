@@ -130,13 +130,21 @@ class TensorBoardMetrics:
         output_dir: the run directory (events under ``tensorboard/``, beside the training loss MONAI logs there).
         metrics_csv: the run's ``MetricsCSV`` (attached before this handler).
         evaluator: the full validation engine; its first case of each run is the one drawn.
+        writer: the events writer to share (``TrainHandlers`` gives MONAI's loss handler the same one: one events
+            file per run); None: one of its own, opened at the first epoch's end. Closed when training completes.
     """
 
-    def __init__(self, output_dir: str | os.PathLike, metrics_csv: MetricsCSV, evaluator: Engine | None = None) -> None:
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        metrics_csv: MetricsCSV,
+        evaluator: Engine | None = None,
+        writer: SummaryWriter | None = None,
+    ) -> None:
         self.log_dir = Path(output_dir) / TENSORBOARD_DIR
         self.metrics_csv = metrics_csv
         self.evaluator = evaluator
-        self._writer: SummaryWriter | None = None
+        self._writer = writer
         self._image: np.ndarray | None = None
 
     def attach(self, engine: Engine) -> None:
