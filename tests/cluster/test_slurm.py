@@ -48,6 +48,8 @@ def cluster(tmp_path_factory):
     why = slurm.ensure_packages()
     if why:
         pytest.skip(why)
+    if os.geteuid() != 0:
+        pytest.skip("the one-node cluster runs slurmctld and slurmd as root (SlurmUser=root); run as root")
     started = slurm.OneNodeCluster(tmp_path_factory.mktemp("slurm")).start()
     yield started
     started.stop()
