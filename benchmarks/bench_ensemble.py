@@ -25,7 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.bench_time_to_accuracy import BUNDLES, MEDSEG3D, dataset, held_out_scores, synth
+from benchmarks.bench_multitask import graded_phantoms
+from benchmarks.bench_time_to_accuracy import BUNDLES, MEDSEG3D, held_out_scores
 from benchmarks.common import append_results, device_name
 
 SHAPE = [240, 240, 155]
@@ -56,10 +57,7 @@ def main() -> int:
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     shape_name = "x".join(map(str, args.shape))
-    edition = ["--edition", "2020"]
-    raw = synth("brats", work / f"raw2020_{args.cases}_{shape_name}", args.cases, 0, args.shape, edition)
-    prepared = dataset("3d", raw, work / f"prepared2020_{args.cases}_{shape_name}")
-    held = synth("brats", work / f"heldout2020_{args.held_out}_{shape_name}", args.held_out, 1000, args.shape, edition)
+    _, prepared, held = graded_phantoms(work, args.cases, args.held_out, args.shape)
 
     cv = work / f"cv_{args.budget:.0f}s_{time.strftime('%Y%m%d-%H%M%S')}"
     command = [*MEDSEG3D, "train", "--bundle", str(BUNDLES["3d"]), "--folds", args.folds, "--dataset_dir",

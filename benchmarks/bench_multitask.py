@@ -41,6 +41,16 @@ from medseg3d.metrics import roc_auc
 SHAPE = [240, 240, 155]
 
 
+def graded_phantoms(work: Path, cases: int, held_out: int, shape: list[int]) -> tuple[Path, Path, Path]:
+    """BraTS 2020 phantoms of both grades in ``work`` (made once, reused): the training tree (seed 0), its prepared
+    dataset (4 grade-stratified folds) and the held-out tree (seed 1000)."""
+    name, edition = "x".join(map(str, shape)), ["--edition", "2020"]
+    raw = synth("brats", work / f"raw2020_{cases}_{name}", cases, 0, shape, edition)
+    prepared = dataset("3d", raw, work / f"prepared2020_{cases}_{name}")
+    held = synth("brats", work / f"heldout2020_{held_out}_{name}", held_out, 1000, shape, edition)
+    return raw, prepared, held
+
+
 def grades(raw: Path) -> dict[str, int]:
     """Case id -> 1 (HGG) or 0 (LGG) of a raw BraTS 2019/2020 tree."""
     return {case.case_id: int(case.grade == "HGG") for case in find_cases(raw) if case.grade}
@@ -145,10 +155,7 @@ def main() -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="multitask_"))
     work.mkdir(parents=True, exist_ok=True)
     shape_name = "x".join(map(str, args.shape))
-    edition = ["--edition", "2020"]
-    raw = synth("brats", work / f"raw2020_{args.cases}_{shape_name}", args.cases, 0, args.shape, edition)
-    prepared = dataset("3d", raw, work / f"prepared2020_{args.cases}_{shape_name}")
-    held = synth("brats", work / f"heldout2020_{args.held_out}_{shape_name}", args.held_out, 1000, args.shape, edition)
+    raw, prepared, held = graded_phantoms(work, args.cases, args.held_out, args.shape)
     truth = grades(held)
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
