@@ -6,9 +6,9 @@ class: ``LoadImaged(keys=[...], reader=SimpleITKReader())``. So a DICOM series i
 inference, its slice positions checked, and its geometry is the one inference writes labels on. Given as
 ``reader=``, MONAI's ``LoadImage`` reads every file through it, NIfTI included (nibabel, the header's affine, as
 ``medseg3d.data.reader`` reads it everywhere), and tries its own readers only for a file this one refuses;
-``verify_suffix`` matters where MONAI picks readers by file name. ``load_scans`` builds the ``LoadImaged`` that
-reads through it alone: MONAI's fallback would otherwise hand a series this reader refuses (slices not evenly
-spaced) to its ``PydicomReader`` (pydicom comes with highdicom), which reads it without the check.
+``verify_suffix`` matters where MONAI picks readers by file name. ``load_scans`` builds that ``LoadImaged`` without
+MONAI's ``PydicomReader``, to which the fallback would otherwise hand a series this reader refuses (slices not
+evenly spaced; pydicom comes with highdicom), and which reads it without the check.
 
 The affine follows MONAI's convention (RAS world coordinates): ITK's LPS geometry turned into RAS by the reader.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from monai.data import ImageReader
+from monai.data import ImageReader, PydicomReader
 from monai.data.utils import is_supported_format
 from monai.transforms import LoadImage, LoadImaged
 from monai.utils import MetaKeys, SpaceKeys
@@ -67,16 +67,17 @@ class SimpleITKReader(ImageReader):
         return (arrays[0] if len(arrays) == 1 else np.stack(arrays)), meta
 
 
-def only_simpleitk(load: LoadImage | LoadImaged) -> LoadImage | LoadImaged:
-    """``load`` (a ``LoadImage(reader=SimpleITKReader())`` or its dictionary form) with MONAI's other readers
-    removed, so a file the project's reader refuses fails with its reason instead of being read by another."""
+def without_pydicom(load: LoadImage | LoadImaged) -> LoadImage | LoadImaged:
+    """``load`` (a ``LoadImage(reader=SimpleITKReader())`` or its dictionary form) without MONAI's
+    ``PydicomReader``: a DICOM series this reader refuses (slices not evenly spaced) then fails with its reason
+    instead of being read, unchecked, by pydicom (which highdicom brings). The other fallbacks stay, as before
+    pydicom was installed: a NIfTI this reader refuses for NaN voxels is read by nibabel and refused by
+    ``CheckFinited`` with an error naming the file."""
     loader = load._loader if isinstance(load, LoadImaged) else load  # LoadImaged keeps its LoadImage there
-    loader.readers = [reader for reader in loader.readers if isinstance(reader, SimpleITKReader)]
-    if not loader.readers:
-        raise ValueError("only_simpleitk needs a LoadImage built with reader=SimpleITKReader()")
+    loader.readers = [reader for reader in loader.readers if not isinstance(reader, PydicomReader)]
     return load
 
 
 def load_scans(keys: Sequence[str], **kwargs: Any) -> LoadImaged:
-    """``LoadImaged(keys, reader=SimpleITKReader(), **kwargs)`` reading through ``medseg3d.data.reader`` alone."""
-    return only_simpleitk(LoadImaged(keys=keys, reader=SimpleITKReader(), **kwargs))
+    """``LoadImaged(keys, reader=SimpleITKReader(), **kwargs)`` without MONAI's unchecked DICOM reader."""
+    return without_pydicom(LoadImaged(keys=keys, reader=SimpleITKReader(), **kwargs))

@@ -33,7 +33,7 @@ from medseg3d.data.reader import (
     read_label,
     read_volume,
 )
-from medseg3d.data.sitk_reader import SimpleITKReader, only_simpleitk
+from medseg3d.data.sitk_reader import SimpleITKReader, without_pydicom
 
 _spec = importlib.util.spec_from_file_location("data_test_images", Path(__file__).with_name("images.py"))
 images = importlib.util.module_from_spec(_spec)
@@ -188,12 +188,12 @@ def test_training_reader_applies_the_slice_check(tmp_path: Path) -> None:
     """MONAI's LoadImage with the training reader reads a sound series as inference does and refuses a gappy one."""
     data = _volume()
     good = _series(tmp_path / "good", _itk(data))
-    loaded = only_simpleitk(LoadImage(image_only=True, reader=SimpleITKReader()))(str(good))
+    loaded = without_pydicom(LoadImage(image_only=True, reader=SimpleITKReader()))(str(good))
     np.testing.assert_array_equal(np.asarray(loaded), data)
     np.testing.assert_allclose(np.asarray(loaded.affine), read_image(good).affine)
     gappy = _series(tmp_path / "gappy", _itk(data), skip=(2,))
     with pytest.raises(Exception, match="not evenly spaced"):  # MONAI wraps the reader's InputError
-        only_simpleitk(LoadImage(image_only=True, reader=SimpleITKReader()))(str(gappy))
+        without_pydicom(LoadImage(image_only=True, reader=SimpleITKReader()))(str(gappy))
 
 
 # ------------------------------------------------------------------------------------------------------ grid compare
