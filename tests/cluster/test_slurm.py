@@ -75,13 +75,19 @@ def _wait_for(predicate, what: str, timeout: float = 300.0) -> None:
 def _running_again(cluster, job: str) -> None:
     """After a requeue: SLURM holds the job about a minute (its begin time); start it now, and wait until it runs."""
 
+    seen: list[str] = []
+
     def running() -> bool:
         state = cluster.state(job)
+        seen.append(f"{state}/{cluster.field(job, 'Reason')}")
         if state == "PENDING":
             cluster.start_now(job)
         return state == "RUNNING"
 
-    _wait_for(running, f"job {job} to run again")
+    try:  # SLURM's own delay before a requeued job may start again is about a minute, up to three seen here
+        _wait_for(running, f"job {job} to run again", timeout=900)
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}; states seen: {sorted(set(seen))}") from None
 
 
 def _in_epoch(run_dir: Path, epoch: int, iteration: int = 3):
