@@ -167,6 +167,7 @@ PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe
             if state in states:
                 return state
             if state == "PENDING" and "BeginTime" in self.field(job, "Reason"):
+                time.sleep(15)  # let slurmd finish killing the previous instance (else it refuses to launch)
                 self.start_now(job)
             time.sleep(1.0)
         raise TimeoutError(f"job {job} still {self.state(job)} after {timeout} s")

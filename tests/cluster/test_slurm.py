@@ -76,12 +76,17 @@ def _running_again(cluster, job: str) -> None:
     """After a requeue: SLURM holds the job about a minute (its begin time); start it now, and wait until it runs."""
 
     seen: list[str] = []
+    pending_since: list[float] = []
 
     def running() -> bool:
         state = cluster.state(job)
         seen.append(f"{state}/{cluster.field(job, 'Reason')}")
         if state == "PENDING":
-            cluster.start_now(job)
+            pending_since.append(time.monotonic())
+            # not at once: slurmd refuses to launch a job whose previous instance it is still killing ("already
+            # killed, do not launch batch job") and the job then fails
+            if time.monotonic() - pending_since[0] > 15:
+                cluster.start_now(job)
         return state == "RUNNING"
 
     try:  # SLURM's own delay before a requeued job may start again is about a minute, up to three seen here
