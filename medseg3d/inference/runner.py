@@ -307,14 +307,14 @@ class BatchRunner:
         scan = scan_future.result()  # raises the reading error of this case
         labels = self.predictor(scan.array, scan.affine)
         written = self._to_output(labels, case)
-        self._write_outputs(written, scan, case)
+        segments = segment_specs(self._written_labels(case), self.segments)  # the outputs' and preview's table
+        self._write_outputs(written, scan, case, segments)
         row: dict[str, Any] = {"status": "ok", "error": ""}
         row.update(label_volumes(written, scan.spacing, self._written_labels(case)))
         row.update(self._diameter_columns(written, scan.spacing, case))
         row.update(self._class_columns())
         if self.preview:
             path = self.output_dir / "previews" / f"{case.case_id}.png"
-            segments = segment_specs(self._written_labels(case), self.segments)
             save_preview(
                 scan.array, written, path, case.case_id, window=self.preview_window, affine=scan.affine,
                 segments=segments,
@@ -322,9 +322,8 @@ class BatchRunner:
         row["seconds"] = round(time.perf_counter() - start, 2)
         return row
 
-    def _write_outputs(self, written: np.ndarray, scan: Any, case: Any) -> None:
-        """The case's label map in each requested format."""
-        segments = segment_specs(self._written_labels(case), self.segments)
+    def _write_outputs(self, written: np.ndarray, scan: Any, case: Any, segments: list[Any]) -> None:
+        """The case's label map in each requested format (``segments``: its label table)."""
         if self.save_probabilities:
             found = getattr(self.predictor, "last_probabilities", None)
             if found is None:
