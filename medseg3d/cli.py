@@ -6,12 +6,16 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from medseg3d import __version__
+from medseg3d.core.bundles import BUNDLES_ENV, find_bundle
 from medseg3d.core.errors import check_output_folder
 from medseg3d.core.overrides import parse_overrides
 
 EDITION_CHOICES = ("2019", "2020", "2021", "2023")
+BUNDLE_HELP = f"the bundle folder (holds configs/), or a bundle's name in ${BUNDLES_ENV} (the container's bundles)"
 
 
 def _positive(text: str) -> int:
@@ -170,8 +174,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.out), cases=args.cases, shape=tuple(args.shape), seed=args.seed, epochs=args.epochs)
 
 
+def _version() -> str:
+    """medseg3d's version and those of torch and MONAI, read from their metadata (importing torch takes 2 s)."""
+    found = []
+    for package in ("torch", "monai"):
+        try:
+            found.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            found.append(f"{package} not installed")
+    return f"medseg3d {__version__} ({', '.join(found)})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medseg3d", description="3D and 2.5D medical image segmentation on MONAI.")
+    parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     synth = commands.add_parser("synth", help="write synthetic phantoms with known labels")
@@ -276,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a bundle. Every extra --KEY VALUE pair overrides a config id (nested ids with #), "
         "as on `python -m monai.bundle run`; an unknown key or a value of the wrong type is an error.",
     )
-    train.add_argument("--bundle", type=Path, help="the bundle folder (holds configs/); not needed with --resume")
+    train.add_argument("--bundle", type=find_bundle, help=f"{BUNDLE_HELP}; not needed with --resume", metavar="BUNDLE")
     train.add_argument(
         "--resume",
         nargs="?",
@@ -311,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     infer.add_argument("input", type=Path, help="folder of cases (or one case)")
     infer.add_argument("output", type=Path, help="folder for the label maps, summary.csv and previews/")
-    infer.add_argument("--bundle", type=Path, required=True, help="the bundle folder (holds configs/)")
+    infer.add_argument("--bundle", type=find_bundle, required=True, help=BUNDLE_HELP, metavar="BUNDLE")
     infer.add_argument(
         "--checkpoint",
         type=Path,
