@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all bench lint robustness cluster-test clean
+.PHONY: setup demo test test-all bench lint robustness cluster-test container-test clean
 
 setup: $(STAMP)
 
@@ -22,10 +22,10 @@ demo: $(STAMP)
 	$(BIN)/medseg3d demo --out demo_out
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not cluster" --timeout 900 -q --doctest-modules medseg3d data_prep tests
+	$(BIN)/python -m pytest -m "not slow and not cluster and not container" --timeout 900 -q --doctest-modules medseg3d data_prep tests
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -m "not cluster" --timeout 1800 -q --doctest-modules medseg3d data_prep tests
+	$(BIN)/python -m pytest -m "not cluster and not container" --timeout 1800 -q --doctest-modules medseg3d data_prep tests
 
 # The fault and bad-input suite (tests/robustness), its slow parts included: kills, load. Within 20 minutes.
 robustness: $(STAMP)
@@ -36,6 +36,11 @@ robustness: $(STAMP)
 # requeue, time-limit warning and node failure of a training job; a sharded inference array (docs/deploy.md).
 cluster-test: $(STAMP)
 	$(BIN)/python -m pytest -m cluster --timeout 1800 -q -s tests/cluster
+
+# The container image (Dockerfile) built with podman on a Debian base made here by debootstrap (installs podman,
+# buildah and debootstrap when missing, as root); --version, synth and infer inside it as its non-root user.
+container-test: $(STAMP)
+	$(BIN)/python -m pytest -m container --timeout 1800 -q -s tests/container
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

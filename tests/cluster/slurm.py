@@ -7,6 +7,7 @@ Loaded by file path (``importlib``), as the other test helpers are. ``ensure_pac
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -15,21 +16,16 @@ import subprocess
 import time
 from pathlib import Path
 
+_spec = importlib.util.spec_from_file_location("system_packages", Path(__file__).parents[1] / "system_packages.py")
+system_packages = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(system_packages)
+
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "sacct", "scancel")
 
 
 def ensure_packages() -> str | None:
     """None when SLURM and munge are usable; otherwise why not (after trying apt-get as root)."""
-    if all(shutil.which(b) or Path("/usr/sbin", b).is_file() for b in BINARIES[:4]):
-        return None
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return "slurm-wlm and munge are not installed, and apt-get cannot install them here (not root)"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update"], ["apt-get", "install", "-y", "slurm-wlm", "munge"]):
-        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
-        if result.returncode != 0:
-            return f"{' '.join(command)} failed: {result.stderr[-500:]}"
-    return None
+    return system_packages.ensure(BINARIES[:4], ("slurm-wlm", "munge"))
 
 
 def _free_port() -> int:
