@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from monai.utils import set_determinism
 
 from medseg3d.bundle.postprocessing import find_postprocessing
 from medseg3d.bundle.workflow import make_workflow, run_workflow
@@ -17,6 +18,7 @@ from medseg3d.core.io import config_path
 from medseg3d.core.overrides import parse_overrides
 from medseg3d.core.ranks import finalize_distributed, init_distributed, local_device
 from medseg3d.data.label_formats import check_formats
+from medseg3d.inference.model_folder import build_runner
 from medseg3d.inference.runner import SUMMARY, failed_count, parse_shard, seconds_per_case, summary_part
 
 logger = logging.getLogger(__name__)
@@ -95,9 +97,12 @@ def infer_overrides(
 
 
 def infer_folder(
-    bundle_dir: str | os.PathLike,
+    bundle_dir: str | os.PathLike | None,
     input_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
+    model: str | os.PathLike | None = None,
+    backend: str | None = None,
+    precision: str = "float32",
     checkpoint: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     device: str = "auto",
     overlap: float | None = None,
@@ -109,8 +114,9 @@ def infer_folder(
     save_probabilities: bool = False,
     shard: str | None = None,
 ) -> int:
-    """Run the bundle's ``inference`` workflow on ``input_dir``; print the summary; return the exit code
-    (0 when every case is ok or skipped, 1 when any failed).
+    """Run the bundle's ``inference`` workflow on ``input_dir`` (or the exported ``model`` folder's network with
+    ``backend`` at ``precision``: ``medseg3d/inference/model_folder.py``); print the summary; return the exit
+    code (0 when every case is ok or skipped, 1 when any failed).
 
     Raises:
         InputError: the input folder, the bundle or the checkpoint is unusable (before any case runs).
@@ -122,6 +128,10 @@ def infer_folder(
     if not Path(input_dir).exists():
         raise InputError(input_dir, "input not found (expected a folder of scans or one scan)")
     extra = parse_overrides(list(overrides)) if not isinstance(overrides, Mapping) else dict(overrides)
+    if model is not None:
+        rows = _infer_model(model, input_dir, output_dir, backend, precision, device, overlap, tta, preview,
+                            resume, output_format, save_probabilities, shard, extra)  # fmt: skip
+        return _report(rows, output_dir, shard, distributed=False)
     if checkpoint is None or (not isinstance(checkpoint, (str, os.PathLike)) and not list(checkpoint)):
         weights: Any = default_checkpoint(bundle_dir)
     elif isinstance(checkpoint, (str, os.PathLike)):
@@ -161,6 +171,57 @@ def infer_folder(
     finally:
         if distributed:
             finalize_distributed()
+    return _report(rows, output_dir, shard, distributed)
+
+
+def _infer_model(
+    model: str | os.PathLike,
+    input_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    backend: str | None,
+    precision: str,
+    device: str,
+    overlap: float | None,
+    tta: bool,
+    preview: bool,
+    resume: bool,
+    output_format: Sequence[str] | None,
+    save_probabilities: bool,
+    shard: str | None,
+    extra: Mapping[str, Any],
+) -> list[dict[str, Any]]:
+    """The rows of an exported model's run over ``input_dir`` (``infer_folder`` with ``model``)."""
+    if device == "cuda":
+        raise ValueError("--model runs on the CPU (OpenVINO or ONNX Runtime); use --device cpu or auto")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("--model is not run under torchrun; split the cases with --shard I/N instead")
+    unknown = sorted(set(extra) - {"progress", "postprocess"})
+    if unknown:
+        raise ValueError(f"with --model, only --progress and --postprocess may be overridden, got {unknown}")
+    if overlap is not None and not 0 <= overlap < 1:
+        raise ValueError(f"--overlap must be in [0, 1), got {overlap}")
+    runner = build_runner(
+        model,
+        input_dir,
+        output_dir,
+        precision=precision,
+        backend=backend,
+        overlap=overlap,
+        tta=tta,
+        preview=preview,
+        resume=resume,
+        output_format=check_formats(output_format) if output_format else None,
+        save_probabilities=save_probabilities,
+        shard=None if shard is None else "{}/{}".format(*parse_shard(shard)),
+        progress=bool(extra.get("progress", True)),
+        postprocess=extra.get("postprocess"),
+    )
+    set_determinism(seed=0)
+    return runner.run()
+
+
+def _report(rows: list[dict[str, Any]], output_dir: str | os.PathLike, shard: str | None, distributed: bool) -> int:
+    """Print the run's summary line and its failures; the exit code (1 when any case failed)."""
     failed = failed_count(rows)
     if not distributed or int(os.environ.get("RANK", "0")) == 0:
         parts = None if shard is None else summary_part(output_dir, parse_shard(shard))

@@ -225,6 +225,7 @@ class Predictor:
         self.device = torch.device(device)
         self.network = network.to(self.device).eval()
         self.members: list[dict[str, torch.Tensor]] = []  # an ensemble's weights, one state dict per member
+        self.member_networks: list[torch.nn.Module] = []  # or an ensemble of separate networks (use_networks)
         checkpoints = checkpoint_list(checkpoint)
         for path in checkpoints:
             load_network_weights(self.network, path)
@@ -251,6 +252,12 @@ class Predictor:
         self._pool: ClassPool | None = None
         self.last_class: dict[str, Any] | None = None
 
+    def use_networks(self, networks: Sequence[torch.nn.Module]) -> None:
+        """Run ``networks`` as an ensemble instead of ``network`` (exported members, each its own file): each
+        runs the sliding window, and their probabilities are averaged before decoding (``ensemble_logits``)."""
+        self.member_networks = [net.to(self.device).eval() for net in networks]
+        self.members = []
+
     def logits(self, array: np.ndarray, affine: np.ndarray) -> torch.Tensor:
         """Logits (shape (K, X, Y, Z), float32, CPU) on the grid of ``array`` (shape (C, X, Y, Z)), whose
         voxel -> RAS mm matrix is ``affine`` (4, 4)."""
@@ -272,7 +279,10 @@ class Predictor:
         data = self.preprocessing({"image": image})
         inputs = data["image"].unsqueeze(0).to(self.device)
         with torch.no_grad():
-            if not self.members:
+            if self.member_networks:
+                outputs = [self.inferer(inputs, net)[0].float().cpu() for net in self.member_networks]
+                out = ensemble_logits(outputs, self.output_mode, len(self.class_names))[None]
+            elif not self.members:
                 out = self.inferer(inputs, self.network)
             else:
                 outputs = []
