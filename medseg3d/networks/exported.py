@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -57,7 +58,11 @@ def export_onnx(network: torch.nn.Module, example: torch.Tensor, path: str | os.
     tmp = path.with_name(f".{path.name}.tmp")
     spatial = {axis: f"s{axis - 2}" for axis in range(2, example.ndim)}
     network = network.eval()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the tracer's notes on instance norm's shape check and on its use of the input's statistics (which is
+        # what instance norm does in eval mode too): the exported graph is checked against PyTorch instead
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*instance_norm.*")
         torch.onnx.export(
             network,
             (example,),
