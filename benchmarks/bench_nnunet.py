@@ -13,6 +13,11 @@ mirroring. Ours runs the same architecture (MONAI ``DynUNet`` with nnU-Net's ker
 instance norm and leaky ReLU, no deep supervision: the same layers and FLOPs) through ``BatchRunner`` with
 ``FastSlidingWindowInferer`` (patch = nnU-Net's, overlap 0.5, Gaussian, brain box) on the same case folder,
 without and with TTA. Each side runs in its own interpreter; ``--repeats`` alternate, median.
+
+``--backend`` (issue 22): ours also with the network exported (``medseg3d.networks.exported``): ONNX float32 on
+OpenVINO or ONNX Runtime, and OpenVINO int8 calibrated on 16 windows of another case (case 1; case 0 is timed).
+The export and the calibration are done once per run, outside the timed part, as ``medseg3d export`` does them
+once per model. Each row's ``agreement`` is the Dice per region of its label map to our PyTorch float32 one.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ import time
 from pathlib import Path
 
 from benchmarks.common import REPO, emit
+
+BACKENDS = ("torch", "openvino", "onnxruntime", "openvino-int8")
 
 _NNUNET = r"""
 import json, os, shutil, sys, time
@@ -98,6 +105,7 @@ from medseg3d.inference.runner import BatchRunner
 from medseg3d.inferers.sliding_window import FastSlidingWindowInferer
 from medseg3d.transforms import NormalizeNonZerod
 case, out, tta, info = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1", json.loads(sys.argv[4])
+backend, calibration = sys.argv[5], Path(sys.argv[6])
 kw = info["arch_kwargs"]
 strides = [list(s) if isinstance(s, list) else [s] * 3 for s in kw["strides"]]
 kernels = [list(k) if isinstance(k, list) else [k] * 3 for k in kw["kernel_sizes"]]
@@ -106,14 +114,34 @@ net = DynUNet(3, 4, 4, kernels, strides, strides[1:], filters=kw["features_per_s
               norm_name=("INSTANCE", {"affine": True}),
               act_name=("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
               deep_supervision=False, res_block=False).eval()
-inferer = FastSlidingWindowInferer(info["patch_size"], sw_batch_size=2, overlap=0.5, mode="gaussian", tta=tta,
-                                   outside=[10.0, -10.0, -10.0, -10.0])
-predictor = Predictor(net, inferer, Compose([NormalizeNonZerod(keys="image")]), "labels")
-inputs = out / "in"; inputs.mkdir(parents=True, exist_ok=True)
-if not (inputs / case.name).exists():
-    (inputs / case.name).symlink_to(case)
-runner = BatchRunner(predictor, inputs, out / "pred", expect="brats", label_names={"NCR": 1, "ED": 2, "ET": 3},
-                     output_labels="brats", progress=False)
+def runner_for(network, folder, target, mirror):
+    inferer = FastSlidingWindowInferer(info["patch_size"], sw_batch_size=2, overlap=0.5, mode="gaussian",
+                                       tta=mirror, outside=[10.0, -10.0, -10.0, -10.0])
+    predictor = Predictor(network, inferer, Compose([NormalizeNonZerod(keys="image")]), "labels")
+    return BatchRunner(predictor, folder, target, expect="brats", label_names={"NCR": 1, "ED": 2, "ET": 3},
+                       output_labels="brats", progress=False)
+def linked(folder, source):
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / source.name).exists():
+        (folder / source.name).symlink_to(source)
+    return folder
+network = net
+if backend != "torch":  # the exported network (built once per work folder, outside the timed part)
+    from medseg3d.networks.exported import ExportedNetwork, WindowRecorder, export_onnx, quantize_int8, spread
+    models = out / "models"; models.mkdir(parents=True, exist_ok=True)
+    onnx = models / "dynunet.onnx"
+    if not onnx.is_file():
+        export_onnx(net, torch.zeros(1, 4, *info["patch_size"]), onnx)
+    if backend == "openvino-int8":
+        xml = models / "dynunet.int8.xml"
+        if not xml.is_file():  # calibrated on another case's windows than the timed one
+            recorder = WindowRecorder(net, limit=10**6)
+            runner_for(recorder, linked(out / "calib_in", calibration), out / "calib_out", False).run()
+            quantize_int8(onnx, spread(recorder.windows, 16), xml)
+        network = ExportedNetwork(xml, "openvino")
+    else:
+        network = ExportedNetwork(onnx, backend)
+runner = runner_for(network, linked(out / "in", case), out / f"pred_{backend}", tta)
 start = time.perf_counter()
 rows = runner.run()
 assert rows[0]["status"] == "ok", rows
@@ -129,11 +157,37 @@ def _run(python: str, code: str, *args: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def _labels(path: Path):
+    import nibabel as nib
+    import numpy as np
+
+    return np.asarray(nib.load(str(path)).dataobj)
+
+
+def _region_dice(a, b) -> dict[str, float]:
+    """Dice per BraTS region (WT: labels 1, 2, 4; TC: 1, 4; ET: 4) between two label maps of 2021 values."""
+    import numpy as np
+
+    scores = {}
+    for name, values in (("WT", (1, 2, 4)), ("TC", (1, 4)), ("ET", (4,))):
+        x, y = np.isin(a, values), np.isin(b, values)
+        total = int(x.sum() + y.sum())
+        scores[name] = 1.0 if total == 0 else round(2.0 * int((x & y).sum()) / total, 5)
+    return scores
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nnunet-python", default=os.environ.get("NNUNET_PYTHON"), help="python of the nnU-Net venv")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--tta", choices=("off", "on", "both"), default="both")
+    parser.add_argument(
+        "--backend",
+        nargs="+",
+        choices=BACKENDS,
+        default=list(BACKENDS),
+        help="our network paths: PyTorch, the exported ONNX on OpenVINO or ONNX Runtime, OpenVINO int8",
+    )
     args, _ = parser.parse_known_args()
     python = args.nnunet_python
     check = subprocess.run([python, "-c", "import nnunetv2"], capture_output=True) if python else None
@@ -148,26 +202,39 @@ def main() -> int:
         modes = {"off": [False], "on": [True], "both": [False, True]}[args.tta]
         for tta in modes:
             flag = "1" if tta else "0"
-            theirs, ours, info, params = [], [], {}, None
+            theirs, info, params = [], {}, None
+            ours: dict[str, list[float]] = {backend: [] for backend in args.backend}
             for _ in range(args.repeats):
                 info = _run(python, _NNUNET, str(work), flag, json.dumps(cases))
                 theirs.append(info["seconds"])
-                result = _run(sys.executable, _OURS, cases[0], str(work / "ours"), flag, json.dumps(info))
-                ours.append(result["seconds"])
-                params = result["parameters"]
-                shutil.rmtree(work / "ours" / "pred", ignore_errors=True)
-            emit(
-                "infer_nnunet",
-                f"BraTS case 4x240x240x155, nnU-Net 3d_fullres plan (patch {info['patch_size']}), random weights, "
-                f"{'with' if tta else 'without'} mirroring TTA",
-                statistics.median(ours),
-                "nnUNetPredictor.predict_single_npy_array (tile step 0.5, Gaussian, CPU), files read to label map",
-                statistics.median(theirs),
-                features=info["arch_kwargs"]["features_per_stage"],
-                parameters=params,
-                repeats=args.repeats,
-                when=time.strftime("%Y-%m-%d %H:%M"),
-            )
+                for backend in args.backend:
+                    result = _run(sys.executable, _OURS, cases[0], str(work / "ours"), flag, json.dumps(info), backend,
+                                  cases[1])  # fmt: skip
+                    ours[backend].append(result["seconds"])
+                    params = result["parameters"]
+            case_id = Path(cases[0]).name
+            reference = work / "ours" / "pred_torch" / f"{case_id}.nii.gz"
+            for backend in args.backend:
+                labels = work / "ours" / f"pred_{backend}" / f"{case_id}.nii.gz"
+                agreement = _region_dice(_labels(labels), _labels(reference)) if reference.is_file() else None
+                emit(
+                    "infer_nnunet",
+                    f"BraTS case 4x240x240x155, nnU-Net 3d_fullres plan (patch {info['patch_size']}), random "
+                    f"weights, {'with' if tta else 'without'} mirroring TTA; ours: {backend}",
+                    statistics.median(ours[backend]),
+                    "nnUNetPredictor.predict_single_npy_array (tile step 0.5, Gaussian, CPU), files read to label map",
+                    statistics.median(theirs),
+                    agreement=agreement,
+                    agreement_note="Dice per region to our PyTorch float32 labels; random weights: says little",
+                    backend=backend,
+                    features=info["arch_kwargs"]["features_per_stage"],
+                    parameters=params,
+                    repeats=args.repeats,
+                    when=time.strftime("%Y-%m-%d %H:%M"),
+                )
+                if backend != "torch":
+                    shutil.rmtree(labels.parent, ignore_errors=True)
+            shutil.rmtree(work / "ours" / "pred_torch", ignore_errors=True)
     return 0
 
 
