@@ -59,13 +59,19 @@ def sample_in_slabs(src, source_affine, target_affine, target_shape, slab: int, 
     )
     src = src[None]  # (1, C, X, Y, Z): grid_sample reads (N, C, D, H, W) with D = X, H = Y, W = Z
     size = torch.tensor(src.shape[2:], dtype=torch.float64)
-    xs, ys = (torch.arange(n, dtype=torch.float64) for n in target_shape[:2])
+    # The grid is affine in the target index: grid[i, j, k] = i * a + j * b + k * c + t in grid_sample's
+    # normalized (z, y, x) coordinates. Each axis's term is computed once in float64 and the slab's grid is one
+    # broadcast sum of three small arrays (a meshgrid and a matrix product per slab cost 7 s of a 512x512x300 CT).
+    scale = 2.0 / (size - 1).clamp(min=1)
+    columns = (mapping[:3, :3] * scale[:, None]).T[:, [2, 1, 0]]  # row d: the step along target axis d, (z, y, x)
+    offset = (mapping[:3, 3] * scale - 1.0)[[2, 1, 0]]
+    along = [torch.arange(n, dtype=torch.float64)[:, None] * columns[d] for d, n in enumerate(target_shape[:2])]
+    along_x = along[0].float()[:, None, None, :]
+    along_y = along[1].float()[None, :, None, :]
     for start in range(0, target_shape[2], slab):
         stop = min(start + slab, target_shape[2])
-        zs = torch.arange(start, stop, dtype=torch.float64)
-        grid = torch.stack(torch.meshgrid(xs, ys, zs, indexing="ij"), dim=-1)  # (X, Y, s, 3) target voxels
-        source = grid @ mapping[:3, :3].T + mapping[:3, 3]  # their positions in src voxels (x, y, z)
-        normalized = (2 * source / (size - 1).clamp(min=1) - 1).flip(-1).float()  # grid_sample wants (z, y, x)
+        along_z = torch.arange(start, stop, dtype=torch.float64)[:, None] * columns[2] + offset
+        normalized = along_x + along_y + along_z.float()[None, None, :, :]  # (X, Y, s, 3)
         part = F.grid_sample(src, normalized[None], mode=mode, padding_mode=padding_mode, align_corners=True)
         yield start, stop, part[0]
 
