@@ -33,13 +33,14 @@ COPY deploy/container/wheelhouse/ /tmp/wheelhouse/
 RUN --mount=type=secret,id=pip_cert \
     if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
     && pip install --find-links /tmp/wheelhouse ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} "$TORCH_SPEC"
-# the package: its requirements from PyPI (torch already satisfies its range, so it stays the build above)
+# the package with its export extra (OpenVINO, ONNX Runtime: `medseg3d infer --model`, docs/export.md): its
+# requirements from PyPI (torch already satisfies its range, so it stays the build above)
 COPY setup.cfg pyproject.toml README.md /src/
 COPY medseg3d /src/medseg3d
 COPY data_prep /src/data_prep
 RUN --mount=type=secret,id=pip_cert \
     if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
-    && pip install --find-links /tmp/wheelhouse /src \
+    && pip install --find-links /tmp/wheelhouse "/src[export]" \
     && python -c "import torch, medseg3d; print('torch', torch.__version__, 'medseg3d', medseg3d.__version__)"
 
 FROM ${BASE_IMAGE} AS runtime

@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 
@@ -130,3 +132,19 @@ def test_version_synth_and_infer_on_a_bind_mounted_folder_equal_the_host(contain
         assert (data / "out" / f"{case_id}.nii.gz").read_bytes() == (host_out / f"{case_id}.nii.gz").read_bytes()
         assert (data / "out" / "previews" / f"{case_id}.png").stat().st_size > 0
     assert {p.stat().st_uid for p in (data / "out").rglob("*")} == {1000}
+
+    # an exported model (medseg3d export, here on the host) runs in the image without the bundle: OpenVINO inside
+    subprocess.run([MEDSEG3D, "export", "--bundle", str(BUNDLE), "--checkpoint", str(data / "best.pt"), "--out",
+                    str(data / "model"), *INFER[:-2]], check=True, capture_output=True, timeout=900)  # fmt: skip
+    for path in [data / "model", *(data / "model").iterdir()]:
+        os.chown(path, 1000, 1000)
+    container.run("infer", "inputs", "out_model", "--model", "model", "--progress", "False", volumes=mount)
+    assert {case: row["status"] for case, row in _rows(data / "out_model" / "summary.csv").items()} == {
+        case: "ok" for case in expected
+    }
+    for case_id in expected:  # float32 on OpenVINO: the checkpoint's label maps (docs/export.md's tolerance)
+        ours = np.asarray(nib.load(data / "out_model" / f"{case_id}.nii.gz").dataobj)
+        theirs = np.asarray(nib.load(host_out / f"{case_id}.nii.gz").dataobj)
+        for label in (1, 2, 4):
+            x, y = ours == label, theirs == label
+            assert int(x.sum() + y.sum()) == 0 or 2 * int((x & y).sum()) / int(x.sum() + y.sum()) >= 0.999
