@@ -27,7 +27,7 @@ from medseg3d.bundle.postprocessing import find_postprocessing
 from medseg3d.bundle.workflow import make_workflow
 from medseg3d.core.errors import InputError
 from medseg3d.core.io import config_path, write_json
-from medseg3d.inference.model_folder import COMPOSE_TARGETS, MODEL_FILE, MODEL_FORMAT, MODEL_VERSION, TARGET_PACKAGE
+from medseg3d.inference.model_folder import MODEL_FILE, MODEL_FORMAT, MODEL_VERSION, allowed_target
 from medseg3d.inference.predictor import checkpoint_list, load_network_weights
 from medseg3d.inference.runner import BatchRunner
 from medseg3d.networks.exported import ExportedNetwork, WindowRecorder, export_onnx, quantize_int8, spread
@@ -76,8 +76,11 @@ def resolved(parser: Any, config_id: str, skip: set[str] = frozenset()) -> Any:
                 continue
             out[key] = value if key == "_target_" else resolved(parser, f"{config_id}#{key}")
         target = out.get("_target_")
-        if target is not None and not (str(target).startswith(TARGET_PACKAGE) or target in COMPOSE_TARGETS):
-            raise ValueError(f"{config_id}: _target_ {target!r} is not medseg3d's: it cannot go into {MODEL_FILE}")
+        if target is not None and not allowed_target(target):
+            raise ValueError(
+                f"{config_id}: _target_ {target!r} is not one of medseg3d's transforms or inferers: it cannot go "
+                f"into {MODEL_FILE}"
+            )
         return out
     if isinstance(raw, list) and any(isinstance(item, Mapping) for item in raw):
         return [resolved(parser, f"{config_id}#{i}") for i in range(len(raw))]

@@ -8,7 +8,8 @@ postprocessing rules, slab and chunk sizes, classes) and the runner's label conv
 written, segment table, input channel order), plus where the weights came from (the checkpoints' SHA-256).
 
 ``model.json`` is data, not code (docs/security.md): no ``$`` expression or ``@`` reference is evaluated, and a
-``_target_`` must be one of this package's callables (or MONAI's ``Compose``), called with plain JSON arguments.
+``_target_`` must be one of medseg3d's transforms or inferers (or MONAI's ``Compose``), called with plain JSON
+arguments.
 """
 
 from __future__ import annotations
@@ -31,8 +32,19 @@ MODEL_FILE = "model.json"
 MODEL_FORMAT = "medseg3d-model"
 MODEL_VERSION = 1
 PRECISIONS = ("float32", "int8")
-TARGET_PACKAGE = "medseg3d."
+# what a model.json may build: medseg3d's transforms and inferers (computations on arrays, no file or process
+# access), and MONAI's Compose of them; anything else in the package (writers, the runner) is refused
+TARGET_PACKAGES = ("medseg3d.transforms.", "medseg3d.inferers.")
 COMPOSE_TARGETS = ("Compose", "monai.transforms.Compose")
+
+
+def allowed_target(target: object) -> bool:
+    """Whether ``model.json`` may name ``target`` as a ``_target_``.
+
+    >>> allowed_target("medseg3d.transforms.brats.brats_preprocessing"), allowed_target("medseg3d.core.io.write_text")
+    (True, False)
+    """
+    return isinstance(target, str) and (target.startswith(TARGET_PACKAGES) or target in COMPOSE_TARGETS)
 
 
 def read_model(folder: str | os.PathLike) -> dict[str, Any]:
@@ -77,8 +89,10 @@ def instantiate(config: Any, where: str = "model.json") -> Any:
     if "_target_" not in config:
         return {key: instantiate(value, f"{where}#{key}") for key, value in config.items()}
     target = config["_target_"]
-    if not isinstance(target, str) or not (target.startswith(TARGET_PACKAGE) or target in COMPOSE_TARGETS):
-        raise ValueError(f"{where}: _target_ {target!r} is not allowed (only medseg3d's callables and Compose)")
+    if not allowed_target(target):
+        raise ValueError(
+            f"{where}: _target_ {target!r} is not allowed (only medseg3d's transforms and inferers, and Compose)"
+        )
     kwargs = {key: instantiate(value, f"{where}#{key}") for key, value in config.items() if key != "_target_"}
     if target in COMPOSE_TARGETS:
         transforms = kwargs.pop("transforms", [])

@@ -169,6 +169,9 @@ def test_int8_needs_calibration_then_runs_on_openvino(brats_cases, tmp_path, cap
 def test_model_json_is_data_a_foreign_target_is_refused(brats_cases, tmp_path, capsys):
     with pytest.raises(ValueError, match="_target_ 'os.system' is not allowed"):
         instantiate({"_target_": "os.system", "command": "true"})
+    with pytest.raises(ValueError, match="_target_ 'medseg3d.core.io.write_text' is not allowed"):  # ours, but a writer
+        instantiate({"_target_": "medseg3d.core.io.write_text", "text": "x", "path": str(tmp_path / "written")})
+    assert not (tmp_path / "written").exists()
     checkpoint = str(_checkpoint(tmp_path / "best.pt", 4, 3, seed=4))
     model = tmp_path / "model"
     assert main(["export", "--bundle", str(BRATS), "--checkpoint", checkpoint, "--out", str(model),
