@@ -67,7 +67,8 @@ def _plain(value: Any, where: str) -> Any:
 
 def resolved(parser: Any, config_id: str, skip: set[str] = frozenset()) -> Any:
     """The config at ``config_id`` with its ``_target_`` structure kept and every other value resolved to plain
-    data (references followed, expressions evaluated); keys in ``skip`` left out."""
+    data (references followed, expressions evaluated); keys in ``skip`` left out (``_target_`` in ``skip``: the
+    object's arguments alone, as for the predictor and runner, which ``model_folder`` builds itself)."""
     raw = parser.get(config_id)
     if isinstance(raw, Mapping):
         out = {}
@@ -141,10 +142,8 @@ def export_model(
         )
     roi = _roi(inferer["roi_size"])
     in_channels = int(parser.get_parsed_content("in_channels"))
-    predictor = resolved(parser, "predictor", RUN_SETTINGS["predictor"])
-    predictor.pop("_target_", None)
-    runner = resolved(parser, "runner", RUN_SETTINGS["runner"])
-    runner.pop("_target_", None)
+    predictor = resolved(parser, "predictor", {"_target_", *RUN_SETTINGS["predictor"]})
+    runner = resolved(parser, "runner", {"_target_", *RUN_SETTINGS["runner"]})
     model: dict[str, Any] = {
         "format": MODEL_FORMAT,
         "version": MODEL_VERSION,
@@ -207,8 +206,7 @@ def calibration_windows_of(
     predictor = parser.get_parsed_content("predictor", lazy=False, instantiate=True)
     predictor.network = recorder
     predictor.members, predictor.member_networks = [], []
-    runner_settings = resolved(parser, "runner", RUN_SETTINGS["runner"])
-    runner_settings.pop("_target_", None)
+    runner_settings = resolved(parser, "runner", {"_target_", *RUN_SETTINGS["runner"]})
     runner_settings["output_formats"] = ["nifti"]
     scratch_out = scratch / ".calibration"
     BatchRunner(predictor, cases, scratch_out, progress=False, **runner_settings).run()
