@@ -248,11 +248,12 @@ def bench_speed(
     checkpoint: Path | None,
     ct: bool = True,
     brats: bool = True,
+    backend: str = "torch",
 ) -> None:
     if brats:
         bench_brats(work, brats_shape, repeats, overrides, checkpoint)
     if ct:
-        bench_ct(work, ct_shape, repeats, overrides)
+        bench_ct(work, ct_shape, repeats, overrides, backend)
 
 
 def bench_brats(work: Path, brats_shape, repeats: int, overrides: dict[str, Any], checkpoint: Path | None) -> None:
@@ -294,14 +295,22 @@ def bench_brats(work: Path, brats_shape, repeats: int, overrides: dict[str, Any]
     )
 
 
-def bench_ct(work: Path, ct_shape, repeats: int, overrides: dict[str, Any]) -> None:
+def bench_ct(work: Path, ct_shape, repeats: int, overrides: dict[str, Any], backend: str = "torch") -> None:
+    """CT, ours vs stock with the same random network; ``backend`` ``openvino``: ours runs the network exported to
+    ONNX on OpenVINO float32 (``medseg3d.networks.exported``; exported before the timing), stock stays PyTorch."""
     import torch
 
     device, roi, sw_batch = bundle_settings(overrides)
     ct_dir = ct_inputs(work, ct_shape)
     torch.manual_seed(0)
     network = ct_network().to(device).eval()
-    runner = ct_runner(ct_dir, work / "ours_ct", network, roi, sw_batch, device)
+    ours_network = network
+    if backend != "torch":
+        from medseg3d.networks.exported import ExportedNetwork, export_onnx
+
+        onnx = export_onnx(network, torch.zeros(1, 1, *roi), work / "ct_network.onnx")
+        ours_network = ExportedNetwork(onnx, backend)
+    runner = ct_runner(ct_dir, work / "ours_ct", ours_network, roi, sw_batch, device)
     path = next(ct_dir.glob("*.nii.gz"))
     ours_s, base_s = alternate(
         lambda: _timed(runner.run),
@@ -321,6 +330,7 @@ def bench_ct(work: Path, ct_shape, repeats: int, overrides: dict[str, Any]) -> N
         roi_size=list(roi),
         sw_batch_size=sw_batch,
         repeats=repeats,
+        backend=backend,
     )
 
 
@@ -384,6 +394,12 @@ def main() -> None:
         "--checkpoint", type=Path, default=None, help="BraTS bundle weights (default: trained here for 3 minutes)"
     )
     parser.add_argument("--keep", type=Path, default=None, help="copy the outputs and weights here for inspection")
+    parser.add_argument(
+        "--ct-backend",
+        choices=("torch", "openvino", "onnxruntime"),
+        default="torch",
+        help="the CT comparison's network on our side: PyTorch, or exported to ONNX on OpenVINO / ONNX Runtime",
+    )
     args, extra = parser.parse_known_args()
     from medseg3d.core.overrides import parse_overrides
 
@@ -394,7 +410,15 @@ def main() -> None:
         work = Path(tmp)
         if not args.skip_speed:
             bench_speed(
-                work, brats_shape, ct_shape, repeats, overrides, args.checkpoint, not args.skip_ct, not args.skip_brats
+                work,
+                brats_shape,
+                ct_shape,
+                repeats,
+                overrides,
+                args.checkpoint,
+                not args.skip_ct,
+                not args.skip_brats,
+                args.ct_backend,
             )
         if not args.skip_memory:
             bench_memory(work, (120, 120, 78), (2, 6) if args.quick else (5, 20), overrides)
