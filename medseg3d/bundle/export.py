@@ -45,6 +45,7 @@ CALIBRATION_WINDOWS = 16  # windows spread over the calibration cases' own (NNCF
 
 
 def sha256(path: str | os.PathLike) -> str:
+    """The file's SHA-256 (hex), read in 1 MiB blocks: ``model.json`` names the exact weights it was made from."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
