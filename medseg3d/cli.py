@@ -99,7 +99,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     # lazy: torch, MONAI, ONNX (7 s; `--help` takes 0.04 s)
     from medseg3d.bundle.export import describe, export_model
 
-    _check_output(args.out.parent if args.out.parent != Path("") else Path("."))
+    _check_output(args.out.parent)
     folder = export_model(
         args.bundle,
         args.checkpoint if len(args.checkpoint) > 1 else args.checkpoint[0],
@@ -212,9 +212,21 @@ def _version() -> str:
     return f"medseg3d {__version__} ({', '.join(found)})"
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the versions are read only when asked for (their metadata takes half of building the parser,
+    which every command does)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print medseg3d's, torch's and MONAI's versions")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(_version())  # on stdout, as argparse's own version action prints
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medseg3d", description="3D and 2.5D medical image segmentation on MONAI.")
-    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     synth = commands.add_parser("synth", help="write synthetic phantoms with known labels")

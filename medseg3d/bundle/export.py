@@ -9,7 +9,6 @@ arguments, the predictor's and runner's settings, the checkpoints' SHA-256, and 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -27,9 +26,15 @@ from medseg3d.bundle.postprocessing import find_postprocessing
 from medseg3d.bundle.workflow import make_workflow
 from medseg3d.core.errors import InputError
 from medseg3d.core.io import config_path, write_json
-from medseg3d.inference.model_folder import MODEL_FILE, MODEL_FORMAT, MODEL_VERSION, allowed_target
+from medseg3d.inference.model_folder import (
+    MODEL_FILE,
+    MODEL_FORMAT,
+    MODEL_VERSION,
+    allowed_target,
+    read_model,
+    runner_from_model,
+)
 from medseg3d.inference.predictor import checkpoint_list, load_network_weights
-from medseg3d.inference.runner import BatchRunner
 from medseg3d.networks.exported import ExportedNetwork, WindowRecorder, export_onnx, quantize_int8, spread
 
 logger = logging.getLogger(__name__)
@@ -179,7 +184,7 @@ def export_model(
             model["network"]["float32"].append(name)
             model["network"]["check"].append({"file": name, "max_abs_diff": float((got - expected).abs().max())})
         if calibration is not None:
-            windows = calibration_windows_of(parser, network, weights[0], calibration, calibration_windows, tmp)
+            windows = calibration_windows_of(model, network, calibration, calibration_windows, tmp)
             for index, name in enumerate(model["network"]["float32"]):
                 xml = "network.int8.xml" if len(weights) == 1 else f"network_{index}.int8.xml"
                 quantize_int8(tmp / name, windows, tmp / xml)
@@ -196,21 +201,16 @@ def export_model(
 
 
 def calibration_windows_of(
-    parser: Any, network: torch.nn.Module, checkpoint: Path, cases: str | os.PathLike, count: int, scratch: Path
+    model: Mapping[str, Any], network: torch.nn.Module, cases: str | os.PathLike, count: int, scratch: Path
 ) -> list[np.ndarray]:
-    """``count`` windows, spread over all the windows the bundle's sliding window feeds the network when it
-    segments the cases in ``cases`` (their labels go to a scratch folder, then away)."""
+    """``count`` windows, spread over all the windows the exported model's runner (``runner_from_model``) feeds
+    its network when it segments the cases in ``cases`` (their labels go to a scratch folder, then away). The
+    windows are the preprocessed image, whatever the weights of ``network``."""
     if not Path(cases).exists():
         raise InputError(cases, "calibration cases not found (expected a folder of scans, as medseg3d infer takes)")
-    load_network_weights(network, checkpoint)
     recorder = WindowRecorder(network, limit=100_000)
-    predictor = parser.get_parsed_content("predictor", lazy=False, instantiate=True)
-    predictor.network = recorder
-    predictor.members, predictor.member_networks = [], []
-    runner_settings = resolved(parser, "runner", {"_target_", *RUN_SETTINGS["runner"]})
-    runner_settings["output_formats"] = ["nifti"]
     scratch_out = scratch / ".calibration"
-    BatchRunner(predictor, cases, scratch_out, progress=False, **runner_settings).run()
+    runner_from_model(model, [recorder], cases, scratch_out, output_format=["nifti"], progress=False).run()
     shutil.rmtree(scratch_out, ignore_errors=True)
     if not recorder.windows:
         raise InputError(cases, "no case there gave a window to calibrate on (no readable case with foreground)")
@@ -219,6 +219,6 @@ def calibration_windows_of(
 
 def describe(folder: str | os.PathLike) -> str:
     """One line on an exported model: bundle, networks, source hashes (for logs and ``--help`` examples)."""
-    model = json.loads((Path(folder) / MODEL_FILE).read_text())
+    model = read_model(folder)
     hashes = ", ".join(s["sha256"][:12] for s in model["source"])
     return f"{model['bundle']}: {', '.join(model['network']['float32'] + model['network']['int8'])} (weights {hashes})"

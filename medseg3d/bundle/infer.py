@@ -90,10 +90,15 @@ def infer_overrides(
         index, count = parse_shard(shard)
         overrides["shard"] = f"{index}/{count}"
     if overlap is not None:
-        if not 0 <= overlap < 1:
-            raise ValueError(f"--overlap must be in [0, 1), got {overlap}")
-        overrides["overlap"] = float(overlap)
+        overrides["overlap"] = _checked_overlap(overlap)
     return overrides
+
+
+def _checked_overlap(overlap: float) -> float:
+    """``--overlap`` as a float, or a ValueError when it is outside [0, 1)."""
+    if not 0 <= overlap < 1:
+        raise ValueError(f"--overlap must be in [0, 1), got {overlap}")
+    return float(overlap)
 
 
 def infer_folder(
@@ -198,15 +203,13 @@ def _infer_model(
     unknown = sorted(set(extra) - {"progress", "postprocess"})
     if unknown:
         raise ValueError(f"with --model, only --progress and --postprocess may be overridden, got {unknown}")
-    if overlap is not None and not 0 <= overlap < 1:
-        raise ValueError(f"--overlap must be in [0, 1), got {overlap}")
     runner = build_runner(
         model,
         input_dir,
         output_dir,
         precision=precision,
         backend=backend,
-        overlap=overlap,
+        overlap=None if overlap is None else _checked_overlap(overlap),
         tta=tta,
         preview=preview,
         resume=resume,

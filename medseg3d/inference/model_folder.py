@@ -103,14 +103,6 @@ def instantiate(config: Any, where: str = "model.json") -> Any:
     return factory(**kwargs)
 
 
-def _int_keys(mapping: Mapping | None) -> dict | None:
-    """JSON's string keys back to the label values they were ("1" -> 1); ``all`` stays."""
-    if mapping is None:
-        return None
-    return {int(key) if isinstance(key, str) and key.lstrip("-").isdigit() else key: value
-            for key, value in mapping.items()}  # fmt: skip
-
-
 def network_files(folder: str | os.PathLike, model: Mapping[str, Any], precision: str) -> list[Path]:
     """The network files of ``precision`` (one per ensemble member).
 
@@ -134,6 +126,24 @@ def build_runner(
     output_dir: str | os.PathLike,
     precision: str = "float32",
     backend: str | None = None,
+    **flags: Any,
+) -> BatchRunner:
+    """The ``BatchRunner`` of the model in ``folder`` over ``input_dir``, its ``precision`` network run by
+    ``backend``; ``flags`` as ``runner_from_model`` takes them (the flags of ``medseg3d infer``).
+
+    An ensemble's members each run the sliding window (and TTA), and their probabilities are averaged before
+    decoding, as with checkpoints (``Predictor``'s members).
+    """
+    model = read_model(folder)
+    networks = [ExportedNetwork(path, backend) for path in network_files(folder, model, precision)]
+    return runner_from_model(model, networks, input_dir, output_dir, **flags)
+
+
+def runner_from_model(
+    model: Mapping[str, Any],
+    networks: Sequence[Any],
+    input_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
     overlap: float | None = None,
     tta: bool = False,
     preview: bool = False,
@@ -144,19 +154,16 @@ def build_runner(
     progress: bool = True,
     postprocess: Mapping[Any, Any] | None = None,
 ) -> BatchRunner:
-    """The ``BatchRunner`` of the model in ``folder`` over ``input_dir``, the flags of ``medseg3d infer`` applied.
-
-    An ensemble's members each run the sliding window (and TTA), and their probabilities are averaged before
-    decoding, as with checkpoints (``Predictor``'s members).
-    """
-    model = read_model(folder)
-    networks = [ExportedNetwork(path, backend) for path in network_files(folder, model, precision)]
+    """The ``BatchRunner`` that ``model`` (a ``model.json``'s content) describes, with ``networks`` (one, or an
+    ensemble's members) as its network: ``medseg3d infer --model``, and the calibration run of ``medseg3d export``,
+    which records the windows this very runner feeds its network."""
     inferer_config = dict(model["inferer"])
     inferer_config["tta"] = bool(tta)
     if overlap is not None:
         inferer_config["overlap"] = float(overlap)
     settings = dict(model["predictor"])
-    settings["postprocess"] = _int_keys(settings.get("postprocess") if postprocess is None else postprocess)
+    if postprocess is not None:
+        settings["postprocess"] = postprocess
     predictor = Predictor(
         networks[0],
         instantiate(inferer_config, "model.json#inferer"),
@@ -167,8 +174,6 @@ def build_runner(
     if len(networks) > 1:
         predictor.use_networks(networks)
     runner = dict(model["runner"])
-    if isinstance(runner.get("output_labels"), Mapping):
-        runner["output_labels"] = {int(k): int(v) for k, v in runner["output_labels"].items()}
     if output_format:
         runner["output_formats"] = list(output_format)
     return BatchRunner(
