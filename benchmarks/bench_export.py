@@ -9,6 +9,9 @@ ONNX Runtime, and OpenVINO int8 (NNCF, calibrated on 16 windows of phantoms that
   240x240x155 (seed 1000, as ``bench_time_to_accuracy`` holds out), calibration on 2 phantoms of seed 2000.
 - CT: ``--ct-checkpoint`` (default: the 15-minute CT run, ``bench_out/tta/run_ct_budget_900s_*``), one held-out
   512x512x300 phantom (seed 1000), calibration on one of 512x512x200 (seed 2000).
+- Overrides after ``--`` (``--network_def "{...}" --window_size "[112,160,128]"``) are the settings the checkpoint
+  was trained with; they apply to its export and its PyTorch run: nnU-Net's 3d_fullres network trained through
+  the BraTS bundle (``bench_time_to_accuracy -- --network_def ...``), exported and run on nnU-Net's windows.
 
 Each path runs in its own interpreter (its peak RSS is its own); the time is the runner's, from the first file
 read to the last label map written, per case. ``agreement`` is the smallest Dice per region between the path's
@@ -27,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import REPO, emit, run_python
+from medseg3d.core.overrides import parse_overrides
 
 BRATS = REPO / "bundles" / "brats_mri_resunet_3d"
 CT = REPO / "bundles" / "ct_aorta_resunet_3d"
@@ -35,12 +39,13 @@ PATHS = ("openvino", "onnxruntime", "openvino-int8")
 _RUN = r"""
 import json, sys, time
 from pathlib import Path
-kind, bundle, source, inputs, out = sys.argv[1:6]
+kind, bundle, source, inputs, out, overrides = sys.argv[1:7]
 if kind.startswith("checkpoint"):
     from medseg3d.bundle.workflow import make_workflow
     crop = {"inferer#crop_foreground": False} if kind == "checkpoint-nocrop" else {}
     wf = make_workflow(bundle, "inference", {"input_dir": inputs, "output_dir": out, "checkpoint": source,
-                                             "progress": False, "device": "$torch.device('cpu')", **crop})
+                                             "progress": False, "device": "$torch.device('cpu')",
+                                             **json.loads(overrides), **crop})
     wf.initialize()
     runner = wf.parser.get_parsed_content("runner")
 else:
@@ -108,21 +113,23 @@ def ct_data(work: Path) -> tuple[Path, Path, dict[str, Path]]:
 
 
 def bench(task: str, bundle: Path, checkpoint: Path, work: Path, held: Path, calib: Path, truth: dict[str, Path],
-          paths: tuple[str, ...], crop: bool = True) -> None:  # fmt: skip
+          paths: tuple[str, ...], crop: bool = True, overrides: dict | None = None) -> None:  # fmt: skip
     """Export ``checkpoint``, run every path over ``held``, emit a row per path; with ``crop`` also the checkpoint
     without the foreground crop (``inferer#crop_foreground False``: stock's window positions), whose row is the
-    crop's agreement with it and both paths' Dice to the truth (issue 22, item 3)."""
+    crop's agreement with it and both paths' Dice to the truth (issue 22, item 3). ``overrides``: the bundle
+    settings the checkpoint was trained with (its ``network_def``, say), for the export and the checkpoint."""
     from medseg3d.bundle.export import export_model
 
     model = work / f"{task}_model"
     start = time.perf_counter()
-    export_model(bundle, checkpoint, model, calibration=calib if "openvino-int8" in paths else None)
+    overrides = dict(overrides or {})
+    export_model(bundle, checkpoint, model, overrides, calibration=calib if "openvino-int8" in paths else None)
     export_s = time.perf_counter() - start
     results = {}
     for kind in ("checkpoint", *paths, *(("checkpoint-nocrop",) if crop else ())):
         source = checkpoint if kind.startswith("checkpoint") else model
         out = work / f"{task}_{kind}"
-        results[kind] = run_python(_RUN, kind, str(bundle), str(source), str(held), str(out))
+        results[kind] = run_python(_RUN, kind, str(bundle), str(source), str(held), str(out), json.dumps(overrides))
     regions = REGIONS[task]
     for kind in (*paths, *(("checkpoint-nocrop",) if crop else ())):
         agreement = {name: [] for name in regions}
@@ -153,6 +160,7 @@ def bench(task: str, bundle: Path, checkpoint: Path, work: Path, held: Path, cal
             dice_to_truth_pytorch={name: round(float(np.mean(v)), 4) for name, v in reference_accuracy.items()},
             baseline_peak_rss_mb=round(results["checkpoint"]["peak_rss_mb"], 1),
             export_seconds=round(export_s, 1),
+            overrides=overrides,
             when=time.strftime("%Y-%m-%d %H:%M"),
         )
 
@@ -165,7 +173,10 @@ def main() -> None:
     parser.add_argument("--skip-brats", action="store_true")
     parser.add_argument("--skip-ct", action="store_true")
     parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
-    args, _ = parser.parse_known_args()
+    parser.add_argument("--no-crop-row", action="store_true", help="skip the run without the foreground crop")
+    args, extra = parser.parse_known_args()
+    # after --: the bundle overrides the checkpoint was trained with (--network_def "{...}", --window_size ...)
+    overrides = parse_overrides([part for part in extra if part != "--"])
     brats = args.brats_checkpoint or _newest("tta/run_3d_budget_1800s_*/checkpoints/best.pt")
     ct = args.ct_checkpoint or _newest("tta/run_ct_budget_900s_*/checkpoints/best.pt")
     with tempfile.TemporaryDirectory(prefix="bench_export_") as tmp:
@@ -178,7 +189,8 @@ def main() -> None:
                 print(json.dumps({"benchmark": "export", "task": task, "skipped": why}))
                 continue
             held, calib, truth = brats_data(work, args.cases) if task == "brats" else ct_data(work)
-            bench(task, bundle, checkpoint, work, held, calib, truth, tuple(args.paths))
+            crop = not args.no_crop_row
+            bench(task, bundle, checkpoint, work, held, calib, truth, tuple(args.paths), crop, overrides)
 
 
 if __name__ == "__main__":

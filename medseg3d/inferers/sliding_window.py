@@ -399,7 +399,8 @@ class FastSlidingWindowInferer(Inferer):
         ``flips``, run ``sw_batch_size`` images per network call."""
         if len(batch) == 0:
             return batch
-        copies = torch.cat([batch.flip([a + 2 for a in f]) if f else batch for f in flips])
+        mirrored = [batch.flip([a + 2 for a in f]) if f else batch for f in flips]
+        copies = mirrored[0] if len(mirrored) == 1 else torch.cat(mirrored)  # no copy without TTA
         autocast = self._autocast(batch.device)
         least = CPU_MIN_BATCH if batch.device.type == "cpu" else 1
         outs, start = [], 0
@@ -417,7 +418,7 @@ class FastSlidingWindowInferer(Inferer):
                     f"for a batch of {len(part)} windows, got {shape}"
                 )
             outs.append(out[:size].float())
-        out = torch.cat(outs)
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
         n = len(batch)
         if len(flips) == 1:
             return out

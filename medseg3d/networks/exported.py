@@ -147,8 +147,9 @@ class ExportedNetwork(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
         if self.backend == "openvino":
-            out = self._request.infer({0: array})[0]
-            out = np.array(out, copy=True)  # the request reuses its output buffer on the next call
+            # the input is read in place (the call is synchronous); the output is OpenVINO's own copy
+            # (share_outputs=False), so the next call cannot overwrite it (tests/networks/test_exported.py)
+            out = self._request.infer({0: array}, share_inputs=True, share_outputs=False)[0]
         else:
             out = self._session.run(None, {self._session.get_inputs()[0].name: array})[0]
         return torch.from_numpy(out).to(x.device)

@@ -36,6 +36,15 @@ its bounding box; a sampled estimate of the runs decides clearly dense masks bef
 (``_plan``). The threshold and the two paths' costs are measured by ``benchmarks/bench_postprocess.py``
 (figures in ``docs/benchmarks.md``).
 
+Both paths start from the foreground as indices. ``postprocess_labels`` skips them for a map whose foreground is
+more than ``DENSE_FOREGROUND`` (1/8) of the volume when at most ``DENSE_MASK_RULES`` (4) labels have a
+``keep_largest``/``min_size`` rule: each such label is read as a bool mask of the volume and its box labelled
+by cc3d as on the dense path (the mask path; the same components, so the same result). A Fortran-ordered map
+(NIfTI's order, which the predictor keeps) is processed through its transpose, which is C-ordered, and given
+back in its own order: the components, their sizes and the holes do not depend on the order of the axes, and
+where the order does matter (equal sizes at ``keep_largest``'s cut, broken by C raster order) the C-ordered
+copy is processed instead.
+
 Ties: MONAI numbers the components in raster (C) order of their first voxel, puts their sizes in that order
 after a 0 for the background and keeps ``np.argsort(counts)[::-1][:k]``. Both paths give the same numbering,
 and the same ``np.argsort`` call is made on the same int64 array, so equal-sized components are chosen
@@ -73,6 +82,12 @@ ALL = "all"
 # The dense path (cc3d on the foreground's bounding box) replaces the run path (the graph of touching runs)
 # above this many foreground runs per voxel of the bounding box; see the module docstring for the measurements.
 DENSE_RUNS_PER_VOXEL = 0.02
+# postprocess_labels reads each label as a mask of the volume (no index array of its voxels) when the foreground
+# is above this fraction of the volume and at most DENSE_MASK_RULES labels have a rule: a 512x512x300 map with
+# 39% foreground and one keep_largest rule took ~3x less (docs/benchmarks.md, "Postprocessing"); with many
+# labels a mask per label would cost a pass over the volume each.
+DENSE_FOREGROUND = 1 / 8
+DENSE_MASK_RULES = 4
 _CHUNK = 1 << 20  # voxels per step of a pass over a label volume: cache-sized casts and temporaries
 
 # Neighbouring rows (dx, dy) before a row in raster order, and how far along z (the run axis) a voxel of
@@ -261,10 +276,16 @@ def _label_runs(
 
 
 def _kept_voxels(
-    idx: np.ndarray, shape: tuple[int, int, int], connectivity: int, min_size: int | None, keep_largest: int | None
+    idx: np.ndarray,
+    shape: tuple[int, int, int],
+    connectivity: int,
+    min_size: int | None,
+    keep_largest: int | None,
+    raster: bool = True,
 ) -> np.ndarray:
-    """(N,) bool: which voxels of ``idx`` (sorted flat indices, N > 0) survive ``min_size``, then ``keep_largest``."""
-    kept = _kept(idx, shape, connectivity, min_size, keep_largest)
+    """(N,) bool: which voxels of ``idx`` (sorted flat indices, N > 0) survive ``min_size``, then ``keep_largest``
+    (``raster``: as in ``_kept``)."""
+    kept = _kept(idx, shape, connectivity, min_size, keep_largest, raster)
     if isinstance(kept, np.ndarray):
         return kept
     kept_box, mask, _ = kept
@@ -273,9 +294,17 @@ def _kept_voxels(
 
 
 def _kept(
-    idx: np.ndarray, shape: tuple[int, int, int], connectivity: int, min_size: int | None, keep_largest: int | None
+    idx: np.ndarray,
+    shape: tuple[int, int, int],
+    connectivity: int,
+    min_size: int | None,
+    keep_largest: int | None,
+    raster: bool = True,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray, tuple[slice, slice, slice]]:
     """``_kept_voxels`` as the path that computes it gives it back.
+
+    ``raster`` False: the array is the transpose of the caller's (``postprocess_labels`` on a Fortran-ordered
+    map), whose raster order is not this one's; a tie at ``keep_largest``'s cut raises ``_OrderMatters``.
 
     Returns:
         run path: (N,) bool over ``idx``; dense path: (kept voxels of the box, foreground of the box, box).
@@ -284,15 +313,32 @@ def _kept(
     if runs is not None:
         run_start, run_length = runs
         component, sizes = _label_runs(run_start, run_length, shape, connectivity)
+        if not raster and _ties_matter(sizes, min_size, keep_largest):
+            raise _OrderMatters
         return np.repeat(_select(sizes, min_size, keep_largest)[component], run_length)
     mask, box = _box_mask(idx, shape, box)
+    return _kept_in_box(mask, connectivity, min_size, keep_largest, raster), mask, box
+
+
+def _kept_in_box(
+    mask: np.ndarray, connectivity: int, min_size: int | None, keep_largest: int | None, raster: bool = True
+) -> np.ndarray:
+    """Bool array of the shape of ``mask`` (C-contiguous, bool): its components kept by ``min_size`` then
+    ``keep_largest``, labelled by cc3d (the dense path). ``raster``: as in ``_kept``."""
     labels, n = _cc3d(mask, connectivity)
     sizes = _label_sizes(labels, n)
     order = np.arange(1, n + 1)  # the label of each component in raster order: cc3d's order, if it matters ...
     if _ties_matter(sizes, min_size, keep_largest):
+        if not raster:
+            raise _OrderMatters
         order = _raster_order(labels, n)  # ... checked where it does
     chosen = order[_select(sizes[order - 1], min_size, keep_largest)]
-    return _members(labels, chosen, n), mask, box
+    return _members(labels, chosen, n)
+
+
+class _OrderMatters(Exception):
+    """Equal component sizes at ``keep_largest``'s cut, seen on a transposed array: MONAI keeps the one first in
+    the caller's raster order, which only the C-ordered array shows."""
 
 
 def _plan(
@@ -348,6 +394,27 @@ def _box_mask(
         ys, zs = np.flatnonzero(projection.any(axis=1)), np.flatnonzero(projection.any(axis=0))
         box = (slice(x0, x1), slice(int(ys[0]), int(ys[-1]) + 1), slice(int(zs[0]), int(zs[-1]) + 1))
     return np.ascontiguousarray(full[box]), box
+
+
+def _mask_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """The bounding box of a bool volume's True voxels (None: there is none), in two passes over it."""
+    xs = np.flatnonzero(mask.any(axis=(1, 2)))
+    if xs.size == 0:
+        return None
+    x0, x1 = int(xs[0]), int(xs[-1]) + 1
+    projection = np.logical_or.reduce(mask[x0:x1], axis=0)
+    ys, zs = np.flatnonzero(projection.any(axis=1)), np.flatnonzero(projection.any(axis=0))
+    return slice(x0, x1), slice(int(ys[0]), int(ys[-1]) + 1), slice(int(zs[0]), int(zs[-1]) + 1)
+
+
+def _drop_unkept(out: np.ndarray, mask: np.ndarray, rule: LabelRule, raster: bool) -> None:
+    """Set to 0 the voxels of ``out`` in the components of ``mask`` that ``rule`` does not keep (the mask path)."""
+    box = _mask_box(mask)
+    if box is None:
+        return
+    inside = np.ascontiguousarray(mask[box])
+    kept = _kept_in_box(inside, rule.connectivity, rule.min_size, rule.keep_largest, raster)
+    out[box][inside & ~kept] = 0
 
 
 def _cc3d(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, int]:
@@ -649,32 +716,59 @@ def postprocess_labels(labels: Any, rules: Mapping[Any, Mapping[str, Any] | Labe
     """
     parsed = parse_rules(rules)
     array = _to_numpy(labels, "labels")
-    out = np.array(array, order="C", copy=True)
+    if array.flags.f_contiguous and not array.flags.c_contiguous:
+        # Fortran order (NIfTI's, and so the predictor's): the transpose is C-ordered, and components, sizes and
+        # holes do not depend on the order of the axes; only equal sizes at keep_largest's cut do (MONAI keeps
+        # the one first in C order), and then the C-ordered copy decides. A 512x512x300 uint8 map: the
+        # transposing copy alone took 1.8 s (docs/benchmarks.md, "Postprocessing").
+        try:
+            return _like(_postprocess(np.array(array.T, copy=True), parsed, raster=False).T, labels)
+        except _OrderMatters:
+            pass
+    return _like(_postprocess(np.array(array, order="C", copy=True), parsed, raster=True), labels)
+
+
+def _postprocess(out: np.ndarray, parsed: Mapping[Any, LabelRule], raster: bool) -> np.ndarray:
+    """``postprocess_labels`` on ``out`` (C-contiguous, the function's own copy), in place; returned."""
     flat = out.reshape(-1)
     shape = out.shape
-    idx = flat_foreground(out)
-
     union = parsed.get(ALL)
-    if union is not None and idx.size and (union.keep_largest or union.min_size):
-        kept = _kept_voxels(idx, shape, union.connectivity, union.min_size, union.keep_largest)
-        flat[idx[~kept]] = 0
-        idx = idx[kept]
-
-    values = flat[idx]
+    if union is not None and not (union.keep_largest or union.min_size):
+        union = None
     active = sorted((k, v) for k, v in parsed.items() if k != ALL and (v.keep_largest or v.min_size or v.fill_holes))
-    # each label's voxels, and the foreground's dropped: at most the foreground's indices alive while labelling
-    owns = {label: idx[values == label] for label, _ in active}
-    del idx, values
+    if not active and union is None:
+        return out
     to_fill: dict[int, np.ndarray] = {}  # label -> its voxels after its removals
-    for label, rule in active:
-        own = owns.pop(label)
-        if own.size and (rule.keep_largest or rule.min_size):
-            kept = _kept_voxels(own, shape, rule.connectivity, rule.min_size, rule.keep_largest)
-            flat[own[~kept]] = 0
-            own = own[kept] if rule.fill_holes else own
-        if rule.fill_holes:
-            to_fill[label] = own
-        del own
+    selections = len(active) + (union is not None)
+    if selections <= DENSE_MASK_RULES and np.count_nonzero(out) > DENSE_FOREGROUND * out.size:
+        # a dense map (a large structure, or a network with random weights): each rule reads its label as a
+        # mask of the volume, no index array of the foreground (the index path costs 3x as much at 39%)
+        if union is not None:
+            _drop_unkept(out, out != 0, union, raster)
+        for label, rule in active:
+            if rule.keep_largest or rule.min_size:
+                _drop_unkept(out, out == label, rule, raster)
+            if rule.fill_holes:
+                to_fill[label] = np.flatnonzero(flat == label)
+    else:
+        idx = flat_foreground(out)
+        if union is not None and idx.size:
+            kept = _kept_voxels(idx, shape, union.connectivity, union.min_size, union.keep_largest, raster)
+            flat[idx[~kept]] = 0
+            idx = idx[kept]
+        values = flat[idx]
+        # each label's voxels, and the foreground's dropped: at most the foreground's indices alive while labelling
+        owns = {label: idx[values == label] for label, _ in active}
+        del idx, values
+        for label, rule in active:
+            own = owns.pop(label)
+            if own.size and (rule.keep_largest or rule.min_size):
+                kept = _kept_voxels(own, shape, rule.connectivity, rule.min_size, rule.keep_largest, raster)
+                flat[own[~kept]] = 0
+                own = own[kept] if rule.fill_holes else own
+            if rule.fill_holes:
+                to_fill[label] = own
+            del own
 
     found = []
     for label, own in to_fill.items():
@@ -692,4 +786,4 @@ def postprocess_labels(labels: Any, rules: Mapping[Any, Mapping[str, Any] | Labe
         first = np.ones(where.size, dtype=bool)
         first[1:] = where[1:] != where[:-1]
         flat[where[first]] = value[first]
-    return _like(out, labels)
+    return out

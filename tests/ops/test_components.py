@@ -23,13 +23,17 @@ from medseg3d.ops.components import (
 from medseg3d.transforms import ConnectedComponents, ConnectedComponentsd
 
 RANK = {6: 1, 18: 2, 26: 3}  # MONAI/skimage connectivity and scipy structure rank of each connectivity
-PATHS = {"runs": np.inf, "dense": 0.0}  # DENSE_RUNS_PER_VOXEL that forces each path
+# (DENSE_RUNS_PER_VOXEL, DENSE_FOREGROUND) that force each path of postprocess_labels: the index paths (the
+# graph of runs, cc3d on the foreground's box) and the mask path (a mask of the volume per rule, cc3d on its box)
+PATHS = {"runs": (np.inf, np.inf), "dense": (0.0, np.inf), "mask": (0.0, 0.0)}
 
 
 @pytest.fixture(params=sorted(PATHS))
 def path(request, monkeypatch) -> str:
-    """Runs the test once on each labelling path: the graph of runs and cc3d on the bounding box."""
-    monkeypatch.setattr(postprocess, "DENSE_RUNS_PER_VOXEL", PATHS[request.param])
+    """Runs the test once on each labelling path."""
+    runs, foreground = PATHS[request.param]
+    monkeypatch.setattr(postprocess, "DENSE_RUNS_PER_VOXEL", runs)
+    monkeypatch.setattr(postprocess, "DENSE_FOREGROUND", foreground)
     monkeypatch.setattr(postprocess, "_CHUNK", 64)  # passes over the label volume in many chunks
     return request.param
 
@@ -190,6 +194,48 @@ def test_ties_are_broken_like_monai(step, count, path) -> None:
     assert result[0, 0, 0] and result[1, 1, 1]
 
 
+def test_fortran_order_ties_fall_back_to_c_order(path, monkeypatch) -> None:
+    """A Fortran-ordered map is labelled through its transpose, whose raster order is not MONAI's: where equal
+    sizes meet keep_largest's cut, the C-ordered copy decides (and only there)."""
+    copies = []
+    real = postprocess._postprocess
+
+    def counted(out, parsed, raster):
+        copies.append(raster)
+        return real(out, parsed, raster)
+
+    monkeypatch.setattr(postprocess, "_postprocess", counted)
+    mask = np.zeros((20, 24, 28), dtype=np.uint8)
+    mask[::4, ::4, ::4] = 2  # 210 single voxels: every keep_largest cut is a tie
+    for k in (1, 5):
+        expected = get_largest_connected_component_mask(mask, connectivity=3, num_components=k)
+        copies.clear()
+        result = postprocess_labels(np.asfortranarray(mask), {2: {"keep_largest": k}})
+        np.testing.assert_array_equal(result, expected.astype(np.uint8) * 2, err_msg=f"k={k}")
+        assert copies == [False, True], "the transposed pass must give way to the C-ordered one on a tie"
+        assert result.flags.c_contiguous
+    mask[1, 1, 1] = 2  # a larger component: no tie at the cut of k=1, so the transpose decides alone
+    copies.clear()
+    result = postprocess_labels(np.asfortranarray(mask), {2: {"keep_largest": 1}})
+    assert copies == [False] and result.flags.f_contiguous
+    assert int(np.count_nonzero(result)) == 2 and result[0, 0, 0] == 2 and result[1, 1, 1] == 2
+
+
+def test_dense_maps_take_the_mask_path(monkeypatch) -> None:
+    """Above DENSE_FOREGROUND with few rules, no index array of the foreground is made; below, it is."""
+    calls = []
+    real = postprocess.flat_foreground
+    monkeypatch.setattr(postprocess, "flat_foreground", lambda a: calls.append(a.size) or real(a))
+    labels = _label_map((26, 21, 30), 5)
+    assert np.count_nonzero(labels) > postprocess.DENSE_FOREGROUND * labels.size
+    rules = {1: {"keep_largest": 1}, 3: {"min_size": 4}}
+    dense = postprocess_labels(labels, rules)
+    assert calls == []
+    monkeypatch.setattr(postprocess, "DENSE_FOREGROUND", 1.0)
+    np.testing.assert_array_equal(postprocess_labels(labels, rules), dense)
+    assert calls == [labels.size]
+
+
 def test_equal_sizes_in_multi_voxel_components(path) -> None:
     """Equal-sized cubes of 8 voxels at different raster positions, with 6-connectivity."""
     mask = np.zeros((22, 19, 26), dtype=bool)
@@ -234,8 +280,9 @@ def test_uniform_masks(fill, path) -> None:
         ),
     ],
 )
-def test_postprocess_labels_equals_reference(rules, seed, path) -> None:
-    labels = _label_map((26, 21, 30), seed)
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_postprocess_labels_equals_reference(rules, seed, path, order) -> None:
+    labels = np.asarray(_label_map((26, 21, 30), seed), order=order)
     before = labels.copy()
     result = postprocess_labels(labels, rules)
     np.testing.assert_array_equal(labels, before, err_msg="the input must not change")
@@ -248,8 +295,9 @@ def test_postprocess_labels_equals_reference(rules, seed, path) -> None:
 
 @pytest.mark.parametrize("seed", [3, 4])
 @pytest.mark.parametrize("connectivity", [6, 26])
-def test_rules_equal_monai_transform(seed, connectivity, path) -> None:
-    labels = _label_map((18, 27, 22), seed)
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_rules_equal_monai_transform(seed, connectivity, path, order) -> None:
+    labels = np.asarray(_label_map((18, 27, 22), seed), order=order)
     for independent, rules in (
         (True, {label: {"keep_largest": 1, "connectivity": connectivity} for label in (1, 2, 3)}),
         (False, {"all": {"keep_largest": 1, "connectivity": connectivity}}),

@@ -1,0 +1,52 @@
+"""``ExportedNetwork``: an exported file as a module, on both runtimes; outputs that outlive the next call."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medseg3d.core.errors import InputError
+from medseg3d.networks import res_unet
+from medseg3d.networks.exported import ExportedNetwork, export_onnx
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("openvino")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    network = res_unet(2, 3, channels=(4, 8, 16), strides=(2, 2), num_res_units=1).eval()
+    path = export_onnx(network, torch.zeros(1, 2, 16, 24, 20), tmp_path_factory.mktemp("onnx") / "net.onnx")
+    return network, path
+
+
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_outputs_match_pytorch_and_outlive_the_next_call(exported, backend) -> None:
+    network, path = exported
+    module = ExportedNetwork(path, backend, threads=1)
+    torch.manual_seed(1)
+    first, second = torch.randn(2, 2, 16, 24, 20), torch.randn(1, 2, 24, 16, 28)  # another batch and window too
+    out_first = module(first)
+    kept = out_first.clone()
+    out_second = module(second)
+    assert torch.equal(out_first, kept), "a later call must not overwrite an earlier output"
+    with torch.no_grad():
+        for x, out in ((first, out_first), (second, out_second)):
+            expected = network(x)
+            assert out.shape == expected.shape and out.dtype == torch.float32
+            assert float((out - expected).abs().max()) < 1e-3
+
+
+def test_a_missing_or_foreign_file_is_named(tmp_path) -> None:
+    with pytest.raises(InputError, match="not found"):
+        ExportedNetwork(tmp_path / "none.onnx", "openvino")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a network")
+    for backend in ("openvino", "onnxruntime"):
+        with pytest.raises(InputError, match="cannot read this network file"):
+            ExportedNetwork(bad, backend)
+    xml = tmp_path / "net.xml"
+    xml.write_text("<net/>")
+    with pytest.raises(InputError, match="openvino backend only"):
+        ExportedNetwork(xml, "onnxruntime")
