@@ -389,19 +389,19 @@ def _box_mask(
     full.reshape(-1)[idx] = True
     if box is None:
         plane = shape[1] * shape[2]
-        x0, x1 = int(idx[0]) // plane, int(idx[-1]) // plane + 1
-        projection = np.logical_or.reduce(full[x0:x1], axis=0)
-        ys, zs = np.flatnonzero(projection.any(axis=1)), np.flatnonzero(projection.any(axis=0))
-        box = (slice(x0, x1), slice(int(ys[0]), int(ys[-1]) + 1), slice(int(zs[0]), int(zs[-1]) + 1))
+        box = _mask_box(full, (int(idx[0]) // plane, int(idx[-1]) // plane + 1))
     return np.ascontiguousarray(full[box]), box
 
 
-def _mask_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
-    """The bounding box of a bool volume's True voxels (None: there is none), in two passes over it."""
-    xs = np.flatnonzero(mask.any(axis=(1, 2)))
-    if xs.size == 0:
-        return None
-    x0, x1 = int(xs[0]), int(xs[-1]) + 1
+def _mask_box(mask: np.ndarray, x_range: tuple[int, int] | None = None) -> tuple[slice, slice, slice] | None:
+    """The bounding box of a bool volume's True voxels (None: there is none), in two passes over it (one when the
+    planes along x that hold them, ``x_range``, are known)."""
+    if x_range is None:
+        xs = np.flatnonzero(mask.any(axis=(1, 2)))
+        if xs.size == 0:
+            return None
+        x_range = int(xs[0]), int(xs[-1]) + 1
+    x0, x1 = x_range
     projection = np.logical_or.reduce(mask[x0:x1], axis=0)
     ys, zs = np.flatnonzero(projection.any(axis=1)), np.flatnonzero(projection.any(axis=0))
     return slice(x0, x1), slice(int(ys[0]), int(ys[-1]) + 1), slice(int(zs[0]), int(zs[-1]) + 1)
