@@ -50,3 +50,30 @@ def test_a_missing_or_foreign_file_is_named(tmp_path) -> None:
     xml.write_text("<net/>")
     with pytest.raises(InputError, match="openvino backend only"):
         ExportedNetwork(xml, "onnxruntime")
+
+
+def test_int8_keeps_the_first_and_last_convolutions_float(exported, tmp_path) -> None:
+    pytest.importorskip("nncf")
+    import openvino as ov
+
+    from medseg3d.networks.exported import CONVOLUTIONS, end_convolutions, quantize_int8
+
+    network, path = exported
+    torch.manual_seed(2)
+    windows = [torch.randn(1, 2, 16, 24, 20).numpy() for _ in range(4)]
+    xml = quantize_int8(path, windows, tmp_path / "net.int8.xml")
+    ends = end_convolutions(ov.Core().read_model(str(path)))
+    assert len(ends) == 2
+    quantized = {}
+    for op in ov.Core().read_model(str(xml)).get_ordered_ops():
+        if op.get_type_name() in CONVOLUTIONS:
+            sources = [op.input_value(i).get_node().get_type_name() for i in range(op.get_input_size())]
+            quantized[op.get_friendly_name()] = any(s in ("FakeQuantize", "FakeConvert") for s in sources)
+    assert set(ends) <= set(quantized)
+    assert not any(quantized[name] for name in ends), quantized
+    # the others in int8, but for those NNCF leaves float by itself (here the transposed convolutions)
+    inner = [name for name in quantized if name not in ends]
+    assert sum(quantized[name] for name in inner) >= len(inner) // 2, quantized
+    out = ExportedNetwork(xml, "openvino", threads=1)(torch.from_numpy(windows[0]))
+    with torch.no_grad():
+        assert out.shape == network(torch.from_numpy(windows[0])).shape
