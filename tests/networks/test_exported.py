@@ -31,6 +31,8 @@ def test_outputs_match_pytorch_and_outlive_the_next_call(exported, backend) -> N
     kept = out_first.clone()
     out_second = module(second)
     assert torch.equal(out_first, kept), "a later call must not overwrite an earlier output"
+    if backend == "openvino":  # a model compiled per input shape
+        assert sorted(module._static) == [(1, 2, 24, 16, 28), (2, 2, 16, 24, 20)]
     with torch.no_grad():
         for x, out in ((first, out_first), (second, out_second)):
             expected = network(x)
@@ -77,3 +79,16 @@ def test_int8_keeps_the_first_and_last_convolutions_float(exported, tmp_path) ->
     out = ExportedNetwork(xml, "openvino", threads=1)(torch.from_numpy(windows[0]))
     with torch.no_grad():
         assert out.shape == network(torch.from_numpy(windows[0])).shape
+
+
+def test_shapes_past_the_static_ones_run_on_the_dynamic_model(exported, monkeypatch) -> None:
+    from medseg3d.networks import exported as module_of
+
+    monkeypatch.setattr(module_of, "STATIC_SHAPES", 1)
+    network, path = exported
+    module = ExportedNetwork(path, "openvino", threads=1)
+    torch.manual_seed(3)
+    for x in (torch.randn(2, 2, 16, 24, 20), torch.randn(1, 2, 24, 16, 28)):
+        with torch.no_grad():
+            assert float((module(x) - network(x)).abs().max()) < 1e-3
+    assert list(module._static) == [(2, 2, 16, 24, 20)]
