@@ -17,7 +17,8 @@ RSS, and how much the call added to what the interpreter held before it (``*_add
 5. the dense case: what a network with random weights predicts, label 1 on a random half of the voxels
    (salt and pepper: ~20 M runs along z), keep its largest component: ``{1: {keep_largest: 1}}`` versus
    ``KeepLargestConnectedComponent(applied_labels=[1])``. Cases 1-4 take the run path of
-   ``medseg3d.ops.components``, this one its dense path (cc3d on the bounding box).
+   ``medseg3d.ops.components``, this one its mask path (over 1/8 of the volume: the label read as a mask,
+   cc3d on its bounding box).
 """
 
 from __future__ import annotations
