@@ -40,7 +40,7 @@ Both paths start from the foreground as indices. ``postprocess_labels`` skips th
 more than ``DENSE_FOREGROUND`` (1/8) of the volume when at most ``DENSE_MASK_RULES`` (4) labels have a
 ``keep_largest``/``min_size`` rule: each such label is read as a bool mask of the volume and its box labelled
 by cc3d as on the dense path (the mask path; the same components, so the same result). A Fortran-ordered map
-(NIfTI's order, which the predictor keeps) is processed through its transpose, which is C-ordered, and given
+(NIfTI's order: a map read from a file) is processed through its transpose, which is C-ordered, and given
 back in its own order: the components, their sizes and the holes do not depend on the order of the axes, and
 where the order does matter (equal sizes at ``keep_largest``'s cut, broken by C raster order) the C-ordered
 copy is processed instead.
@@ -84,7 +84,7 @@ ALL = "all"
 DENSE_RUNS_PER_VOXEL = 0.02
 # postprocess_labels reads each label as a mask of the volume (no index array of its voxels) when the foreground
 # is above this fraction of the volume and at most DENSE_MASK_RULES labels have a rule: a 512x512x300 map with
-# 39% foreground and one keep_largest rule took ~3x less (docs/benchmarks.md, "Postprocessing"); with many
+# 39% foreground and one keep_largest rule: 7.4 -> 2.7 s (docs/benchmarks.md, "CT inference profile"); with many
 # labels a mask per label would cost a pass over the volume each.
 DENSE_FOREGROUND = 1 / 8
 DENSE_MASK_RULES = 4
@@ -720,7 +720,7 @@ def postprocess_labels(labels: Any, rules: Mapping[Any, Mapping[str, Any] | Labe
         # Fortran order (NIfTI's, and so the predictor's): the transpose is C-ordered, and components, sizes and
         # holes do not depend on the order of the axes; only equal sizes at keep_largest's cut do (MONAI keeps
         # the one first in C order), and then the C-ordered copy decides. A 512x512x300 uint8 map: the
-        # transposing copy alone took 1.8 s (docs/benchmarks.md, "Postprocessing").
+        # transposing copy alone took 1.8 s (docs/benchmarks.md, "CT inference profile").
         try:
             return _like(_postprocess(np.array(array.T, copy=True), parsed, raster=False).T, labels)
         except _OrderMatters:
@@ -742,7 +742,7 @@ def _postprocess(out: np.ndarray, parsed: Mapping[Any, LabelRule], raster: bool)
     selections = len(active) + (union is not None)
     if selections <= DENSE_MASK_RULES and np.count_nonzero(out) > DENSE_FOREGROUND * out.size:
         # a dense map (a large structure, or a network with random weights): each rule reads its label as a
-        # mask of the volume, no index array of the foreground (the index path costs 3x as much at 39%)
+        # mask of the volume, no index array of the foreground (the index path took 2.7x as long at 39%)
         if union is not None:
             _drop_unkept(out, out != 0, union, raster)
         for label, rule in active:
